@@ -1,0 +1,53 @@
+"""shardyard: Akka-style keyed sharding on Ray, with Ray-native speed and a Python API.
+
+Keys route to logical shards (a pluggable strategy), shards live on async Ray actors, and a
+driver-side scheduler micro-batches items to them and hands back futures and results.
+
+Example:
+    >>> import shardyard
+    >>> shardyard.stable_hash([1, 2]).dtype
+    dtype('uint64')
+"""
+
+from shardyard.actors import Shard
+from shardyard.cluster import ClusterInfo, connect, disconnect
+from shardyard.config import ClusterConfig, PoolConfig
+from shardyard.errors import (
+    ActorLostError,
+    PoolClosedError,
+    SerializationError,
+    ShardyardError,
+    TaskError,
+    UnknownStrategyError,
+    UnsupportedKeyError,
+)
+from shardyard.scheduler import ActorStats, PoolStats, ShardFuture, ShardPool, ShardStats
+from shardyard.sharding import place, rebalance, stable_hash, strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorLostError",
+    "ActorStats",
+    "ClusterConfig",
+    "ClusterInfo",
+    "PoolClosedError",
+    "PoolConfig",
+    "PoolStats",
+    "SerializationError",
+    "Shard",
+    "ShardFuture",
+    "ShardPool",
+    "ShardStats",
+    "ShardyardError",
+    "TaskError",
+    "UnknownStrategyError",
+    "UnsupportedKeyError",
+    "__version__",
+    "connect",
+    "disconnect",
+    "place",
+    "rebalance",
+    "stable_hash",
+    "strategy",
+]

@@ -1,0 +1,148 @@
+"""Running the user's code on one shard's batch, and capturing what went wrong.
+
+Three kinds of handler reach an actor:
+
+* a plain function called per item (``ShardPool(fn)``): a failing item fails alone;
+* a plain function over a whole batch (``ShardPool(fn, batched=True)``): it must return one
+  output per item; when it raises, the batch is re-run item by item (the function is
+  stateless, so that is safe) to pin the failure on the items that cause it;
+* a :class:`~shardyard.actors.shard.Shard` instance, whose ``process`` runs the batch.
+
+Errors travel as :class:`ItemFailure` records: position in the batch, the pickled original
+exception (when it pickles) and the formatted traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shardyard.actors.shard import Shard
+
+__all__ = ["ItemFailure", "run_batch"]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """One failed item of a batch, ready to cross process boundaries."""
+
+    position: int
+    cause: bytes | None  # pickle of the original exception, None when it does not pickle
+    traceback: str
+
+    @classmethod
+    def capture(cls, position: int, exc: BaseException) -> ItemFailure:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            cause: bytes | None = pickle.dumps(exc)
+        except Exception:
+            cause = None
+        return cls(position, cause, tb)
+
+    def exception(self) -> BaseException | None:
+        """The original exception object, or ``None`` when it could not be transported."""
+        if self.cause is None:
+            return None
+        try:
+            exc = pickle.loads(self.cause)
+        except Exception:
+            return None
+        return exc if isinstance(exc, BaseException) else None
+
+
+Outputs = list[Any] | np.ndarray
+BatchResult = tuple[Outputs, list[ItemFailure]]
+
+
+def _as_items(batch: Any) -> list[Any]:
+    # Per-item Python code is faster on Python scalars than on numpy scalars.
+    return batch.tolist() if isinstance(batch, np.ndarray) else list(batch)
+
+
+def _per_item(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
+    items = _as_items(batch)
+    try:
+        return [fn(x) for x in items], []
+    except Exception:
+        pass
+    # Slow path only when something failed: find every failing item.
+    out: list[Any] = []
+    failures: list[ItemFailure] = []
+    for pos, x in enumerate(items):
+        try:
+            out.append(fn(x))
+        except Exception as exc:
+            out.append(None)
+            failures.append(ItemFailure.capture(pos, exc))
+    return out, failures
+
+
+def _check_length(out: Any, n: int, who: str) -> Outputs:
+    if out is None:
+        return [None] * n
+    if isinstance(out, np.ndarray):
+        if out.ndim == 0 or len(out) != n:
+            raise ValueError(f"{who} returned an array of shape {out.shape} for {n} items")
+        return out
+    if not isinstance(out, Sequence) or isinstance(out, str | bytes):
+        raise TypeError(f"{who} must return one output per item (a sequence), got {type(out)}")
+    if len(out) != n:
+        raise ValueError(f"{who} returned {len(out)} outputs for {n} items")
+    return list(out)
+
+
+def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
+    n = len(batch)
+    try:
+        return _check_length(fn(batch), n, "batched handler"), []
+    except Exception:
+        if n == 1:
+            raise
+    # Stateless, so re-running item by item is safe and names the failing items.
+    out: list[Any] = []
+    failures: list[ItemFailure] = []
+    for pos in range(n):
+        try:
+            one = _check_length(fn(batch[pos : pos + 1]), 1, "batched handler")
+            out.append(one[0])
+        except Exception as exc:
+            out.append(None)
+            failures.append(ItemFailure.capture(pos, exc))
+    return out, failures
+
+
+async def run_batch(handler: Callable[[Any], Any] | Shard, batched: bool, batch: Any) -> BatchResult:
+    """Run ``handler`` on ``batch``; never raises for the user's errors.
+
+    Args:
+        handler: a per-item function, a batch function, or a ``Shard`` instance.
+        batched: whether a plain function takes the whole batch.
+        batch: the shard's items (numpy array or list).
+
+    Returns:
+        ``(outputs, failures)``: one output per item (``None`` where it failed) and the
+        failures.
+    """
+    n = len(batch)
+    try:
+        if isinstance(handler, Shard):
+            if type(handler).process is Shard.process:
+                # Only process_item is overridden: isolate failures per item.
+                return _per_item(handler.process_item, batch)
+            out = handler.process(batch)
+            if inspect.isawaitable(out):
+                out = await out
+            return _check_length(out, n, f"{type(handler).__name__}.process"), []
+        if batched:
+            return _batched(handler, batch)
+        return _per_item(handler, batch)
+    except Exception as exc:
+        # A whole-batch failure: every item of the batch carries the same cause.
+        failure = ItemFailure.capture(0, exc)
+        return [None] * n, [ItemFailure(p, failure.cause, failure.traceback) for p in range(n)]

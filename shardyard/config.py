@@ -1,0 +1,203 @@
+"""Every knob of shardyard as a frozen pydantic v2 model.
+
+Models forbid unknown fields and validate ranges, so a typo or a bad value fails at once
+with a ``pydantic.ValidationError`` naming the field. Each model can be loaded from YAML
+(:meth:`_ConfigBase.from_yaml`) or from environment variables (:meth:`_ConfigBase.from_env`).
+
+Example:
+    >>> from shardyard.config import PoolConfig
+    >>> PoolConfig(num_actors=2).max_batch_size
+    1024
+    >>> import pydantic
+    >>> try:
+    ...     PoolConfig(num_actors=0)
+    ... except pydantic.ValidationError as e:
+    ...     print(e.errors()[0]["loc"])
+    ('num_actors',)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing_extensions import Self
+
+__all__ = [
+    "BoundedOptions",
+    "ClusterConfig",
+    "HashOptions",
+    "JumpOptions",
+    "PoolConfig",
+    "RangeOptions",
+    "RendezvousOptions",
+    "RingOptions",
+]
+
+
+class _ConfigBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
+        """Load the model from a YAML mapping file.
+
+        Args:
+            path: a YAML file whose top level is a mapping of field names to values.
+
+        Returns:
+            The validated model.
+
+        Raises:
+            pydantic.ValidationError: a field is unknown or its value is invalid.
+        """
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_env(cls, prefix: str = "SHARDYARD_", **overrides: Any) -> Self:
+        """Load the model from ``{prefix}{FIELD}`` environment variables.
+
+        Values are parsed as JSON where they parse (``4``, ``0.5``, ``{"a": 1}``) and taken
+        as strings otherwise; explicit ``overrides`` win over the environment.
+
+        Example:
+            >>> import os
+            >>> os.environ["SHARDYARD_MAX_BATCH_SIZE"] = "64"
+            >>> PoolConfig.from_env().max_batch_size
+            64
+            >>> del os.environ["SHARDYARD_MAX_BATCH_SIZE"]
+        """
+        data: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = os.environ.get(f"{prefix}{name.upper()}")
+            if raw is None:
+                continue
+            try:
+                data[name] = json.loads(raw)
+            except json.JSONDecodeError:
+                data[name] = raw
+        data.update(overrides)
+        return cls.model_validate(data)
+
+
+# --- sharding strategy options (validated when a strategy is built by name) ---------------
+
+
+class HashOptions(_ConfigBase):
+    """Options of the ``"hash"`` strategy (stable hash modulo the number of shards)."""
+
+
+class JumpOptions(_ConfigBase):
+    """Options of the ``"jump"`` strategy (Lamping & Veach jump consistent hash)."""
+
+
+class RingOptions(_ConfigBase):
+    """Options of the ``"ring"`` strategy (consistent-hash ring with virtual nodes)."""
+
+    vnodes: int = Field(default=256, ge=1, le=1 << 16, description="virtual nodes per shard")
+
+
+class RendezvousOptions(_ConfigBase):
+    """Options of the ``"rendezvous"`` strategy (highest random weight)."""
+
+
+class RangeOptions(_ConfigBase):
+    """Options of the ``"range"`` strategy: ``num_shards - 1`` sorted boundaries, or none.
+
+    Without boundaries the strategy splits the 64-bit stable-hash space evenly until
+    ``fit(sample)`` places boundaries at the sample's quantiles.
+    """
+
+    boundaries: list[Any] | None = None
+
+
+class BoundedOptions(_ConfigBase):
+    """Options of the ``"bounded"`` strategy (consistent hashing with bounded loads)."""
+
+    eps: float = Field(default=0.05, gt=0.0, le=10.0, description="capacity slack (1+eps)")
+    vnodes: int = Field(default=256, ge=1, le=1 << 16, description="virtual nodes per shard")
+
+
+# --- the pool and the cluster ---------------------------------------------------------------
+
+
+class PoolConfig(_ConfigBase):
+    """Configuration of a :class:`shardyard.ShardPool`.
+
+    Attributes:
+        num_actors: shard actor processes; ``None`` means one per CPU of the cluster.
+        num_shards: logical shards; ``None`` means 8 per actor.
+        strategy: key -> shard strategy name (see :func:`shardyard.sharding.strategy`).
+        strategy_options: options of that strategy, validated by its options model.
+        keyless: how keyless items are spread over shards.
+        max_batch_size: at most this many items of one shard go in one batch.
+        max_batch_wait_s: how long a partly filled batch may wait for more items while its
+            actor has capacity (the semantics of Ray Serve's ``batch_wait_timeout_s``);
+            0 sends at once, and batches then grow by themselves while actors are busy.
+        max_inflight_per_actor: Ray calls in flight per actor (backpressure).
+        max_pending_items: items a single producer may have submitted but not yet
+            finished before it blocks (bounds the driver's memory on long inputs).
+        chunk_size: items a producer reads from its input and partitions at a time.
+        max_retries: how many deaths of one actor are recovered from (Ray restarts it;
+            its shards are restored and the unfinished batches resent).
+        checkpoint_every: batches between snapshots of a stateful shard, taken in-stream;
+            recovery replays at most this many batches. ``None`` turns snapshots off: a
+            stateful shard's in-flight items then fail with ``ActorLostError`` on a crash.
+        num_cpus_per_actor: Ray CPU reservation per actor (``None``: Ray's default for
+            actors, which reserves no CPU while running).
+        spread: place actors with Ray's ``SPREAD`` strategy across nodes.
+    """
+
+    num_actors: int | None = Field(default=None, ge=1, le=4096)
+    num_shards: int | None = Field(default=None, ge=1, le=1 << 20)
+    strategy: str = "jump"
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    keyless: Literal["round_robin", "least_loaded", "power_of_two"] = "round_robin"
+    max_batch_size: int = Field(default=1024, ge=1, le=1 << 24)
+    max_batch_wait_s: float = Field(default=0.0, ge=0.0, le=60.0)
+    max_inflight_per_actor: int = Field(default=2, ge=1, le=1024)
+    max_pending_items: int = Field(default=1 << 18, ge=1)
+    chunk_size: int = Field(default=16384, ge=1, le=1 << 24)
+    max_retries: int = Field(default=3, ge=0, le=100)
+    checkpoint_every: int | None = Field(default=64, ge=1)
+    num_cpus_per_actor: float | None = Field(default=None, ge=0.0)
+    spread: bool = False
+
+    @model_validator(mode="after")
+    def _shards_cover_actors(self) -> Self:
+        if (
+            self.num_actors is not None
+            and self.num_shards is not None
+            and self.num_shards < self.num_actors
+        ):
+            raise ValueError(
+                f"num_shards ({self.num_shards}) must be >= num_actors ({self.num_actors}): "
+                "an actor without a shard would sit idle"
+            )
+        return self
+
+
+class ClusterConfig(_ConfigBase):
+    """How :func:`shardyard.connect` reaches Ray.
+
+    Attributes:
+        address: ``None`` starts (or reuses) an embedded local Ray unless ``RAY_ADDRESS``
+            is set; ``"auto"`` joins the cluster started on this machine with ``ray start``;
+            ``"ray://host:10001"`` uses Ray Client; ``"host:6379"`` joins a GCS address.
+        num_cpus: CPUs of the embedded local Ray (``None``: all of the machine's).
+        include_dashboard: start Ray's dashboard with the embedded local Ray.
+        namespace: Ray namespace for shardyard's actors.
+        log_to_driver: forward actor stdout/stderr to the driver.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    include_dashboard: bool = False
+    namespace: str | None = None
+    log_to_driver: bool = True

@@ -1,0 +1,521 @@
+"""The dispatcher: an asyncio core in a background thread, talking to the shard actors.
+
+Producers (user threads) hand over per-shard segments, or single submitted items, through
+lock-free inboxes and wake the core at most once per burst. The core keeps one queue per
+shard and, per actor, a bounded number of Ray calls in flight; each call carries the ready
+batch of every shard of that actor that has items (micro-batching: while an actor is busy,
+items pile up and the next call carries them all). Replies are routed back to the sinks.
+
+Exactly-once: each shard's batches carry sequence numbers. A batch stays "unacked" until
+its reply arrives; a reply for a batch no longer unacked is ignored. When an actor dies,
+Ray restarts it; the core restores its shards (the last snapshot of a ``Shard``, taken as an
+in-stream barrier every ``checkpoint_every`` batches, plus a replay of the batches since)
+and resends the unacked batches in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from ray import cloudpickle
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from shardyard.actors.handler import ItemFailure
+from shardyard.actors.shard_actor import SNAPSHOT_BARRIER
+from shardyard.errors import ActorLostError, SerializationError, ShardyardError, TaskError
+from shardyard.scheduler.partition import Partitioner
+from shardyard.scheduler.segments import Segment, concat_items
+from shardyard.scheduler.sinks import Failures, FutureSink, Sink
+
+__all__ = ["Core"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@dataclass(slots=True)
+class _Batch:
+    shard_id: int
+    seq: int
+    segments: list[Segment]  # in item order; empty for a snapshot barrier
+    payload: Any  # what was sent (kept for a resend after an actor death)
+
+    @property
+    def is_barrier(self) -> bool:
+        return not self.segments
+
+
+@dataclass(slots=True)
+class _ShardState:
+    actor: int
+    queue: deque[Segment] = field(default_factory=deque)  # segments not yet batched
+    queued: int = 0  # items in queue
+    next_seq: int = 0  # seq of the next batch cut for this shard
+    unacked: dict[int, _Batch] = field(default_factory=dict)  # seq -> batch awaiting reply
+    replay: list[_Batch] = field(default_factory=list)  # acked since the last snapshot
+    snapshot: tuple[Any, int] | None = None  # (state, next_seq) from the last barrier
+    since_snapshot: int = 0
+    barrier_pending: bool = False
+    items: int = 0  # finished items (driver view)
+    batches: int = 0
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class _ActorSlot:
+    index: int
+    handle: Any
+    shards: list[int]
+    ready: set[int] = field(default_factory=set)  # shards with queued items
+    inflight: int = 0  # Ray calls in flight
+    outstanding: int = 0  # items queued or in flight on this actor
+    recovering: bool = False
+    restarts: int = 0
+
+
+class Core:
+    """The scheduler's event loop thread and dispatch state (one per pool).
+
+    Args:
+        actors: Ray actor handles of ``ShardActor``.
+        placement: ``placement[shard_id]`` = actor index.
+        partitioner: splits submitted items into shards.
+        max_batch_size: items per shard batch.
+        max_batch_wait_s: hold partly filled batches this long while an actor has room.
+        max_inflight: Ray calls in flight per actor.
+        max_retries: actor deaths survived per actor.
+        stateful: the handler is a ``Shard`` (keep snapshots and replay logs).
+        checkpoint_every: batches between snapshot barriers of a stateful shard (None: off).
+        submit_sink: the sink of ``submit`` futures.
+    """
+
+    def __init__(
+        self,
+        actors: list[Any],
+        placement: np.ndarray,
+        partitioner: Partitioner,
+        *,
+        max_batch_size: int,
+        max_batch_wait_s: float,
+        max_inflight: int,
+        max_retries: int,
+        stateful: bool,
+        checkpoint_every: int | None,
+        submit_sink: FutureSink,
+    ) -> None:
+        self.partitioner = partitioner
+        self._max_batch = max_batch_size
+        self._max_wait = max_batch_wait_s
+        self._max_inflight = max_inflight
+        self._max_retries = max_retries
+        self._stateful = stateful
+        self._checkpoint_every = checkpoint_every if stateful else None
+        self._submit_sink = submit_sink
+        self._actors = [
+            _ActorSlot(i, h, np.flatnonzero(placement == i).tolist()) for i, h in enumerate(actors)
+        ]
+        self._shards = [_ShardState(int(a)) for a in placement.tolist()]
+        self._segment_inbox: deque[list[tuple[int, Segment]]] = deque()  # from map producers
+        self._submit_inbox: deque[tuple[Any, Any, Any]] = deque()  # (item, key, future)
+        self._wakeup_scheduled = False  # a drain is already scheduled on the loop
+        self._outstanding = 0  # items received by the core and not yet finished
+        self._idle = asyncio.Event()
+        self._first_wait: dict[int, float] = {}  # actor -> when its oldest held item arrived
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="shardyard-core", daemon=True)
+        self._thread.start()
+
+    # --- thread plumbing -----------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the core loop and wait for its result from any thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self) -> None:
+        """Stop the loop thread (pending work is abandoned; call ``wait_idle`` first)."""
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def actor_loads(self) -> np.ndarray:
+        """Unfinished items per actor (read racily from producer threads: a hint)."""
+        return np.fromiter((a.outstanding for a in self._actors), np.int64, len(self._actors))
+
+    # --- producer side (any thread) ---------------------------------------------------------
+
+    def push_segments(self, groups: list[tuple[int, Segment]]) -> None:
+        """Hand over per-shard segments of one chunk."""
+        self._segment_inbox.append(groups)
+        self._wake()
+
+    def push_submit(self, item: Any, key: Any, future: Any) -> None:
+        """Hand over one submitted item; its future resolves with the output."""
+        self._submit_inbox.append((item, key, future))
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._wakeup_scheduled:
+            self._wakeup_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain)
+
+    # --- core side ----------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        # Clear the flag first: a producer appending after this point schedules a new drain.
+        self._wakeup_scheduled = False
+        touched: set[int] = set()
+        inbox = self._segment_inbox
+        while inbox:
+            for sid, seg in inbox.popleft():
+                self._enqueue(sid, seg, touched)
+        if self._submit_inbox:
+            self._drain_submits(touched)
+        for a in touched:
+            self._kick(self._actors[a])
+
+    def _drain_submits(self, touched: set[int]) -> None:
+        box = self._submit_inbox
+        batch = [box.popleft() for _ in range(len(box))]
+        items = [b[0] for b in batch]
+        futures = [b[2] for b in batch]
+        keys: list[Any] | None = [b[1] for b in batch]
+        if all(k is None for k in keys):  # type: ignore[union-attr]
+            keys = None
+        elif any(k is None for k in keys):  # type: ignore[union-attr]
+            # Mixed keyed and keyless submits: route the keyless ones by their position.
+            keys = [k if k is not None else i for i, k in enumerate(keys)]  # type: ignore[union-attr]
+        try:
+            groups = self.partitioner.split(len(items), keys)
+        except Exception as exc:  # a bad key type fails those futures, not the core
+            for fut in futures:
+                fut.set_exception(exc)
+            self._submit_sink.finished += len(futures)
+            return
+        for sid, index in groups:
+            if isinstance(index, slice):
+                index = np.arange(index.start, index.stop)
+            idx = index.tolist()
+            seg = Segment(
+                self._submit_sink,
+                [futures[i] for i in idx],
+                [items[i] for i in idx],
+                None if keys is None else [keys[i] for i in idx],
+            )
+            for f in seg.ref:
+                f.shard_id = sid
+            self._enqueue(sid, seg, touched)
+
+    def _enqueue(self, sid: int, seg: Segment, touched: set[int]) -> None:
+        st = self._shards[sid]
+        st.queue.append(seg)
+        st.queued += len(seg)
+        actor = self._actors[st.actor]
+        actor.ready.add(sid)
+        actor.outstanding += len(seg)
+        self._outstanding += len(seg)
+        self._idle.clear()
+        touched.add(st.actor)
+
+    def _kick(self, actor: _ActorSlot) -> None:
+        """Send calls to ``actor`` while it has room and shards with queued items."""
+        while actor.ready and actor.inflight < self._max_inflight and not actor.recovering:
+            if self._max_wait > 0 and self._should_hold(actor):
+                return
+            self._first_wait.pop(actor.index, None)
+            batches = [self._cut(sid) for sid in sorted(actor.ready)]
+            actor.ready = {sid for sid in actor.ready if self._shards[sid].queued}
+            self._send(actor, batches)
+
+    def _should_hold(self, actor: _ActorSlot) -> bool:
+        # Ray Serve's batch_wait_timeout_s: a partly filled batch waits a little for more.
+        if any(self._shards[sid].queued >= self._max_batch for sid in actor.ready):
+            return False
+        now = time.monotonic()
+        first = self._first_wait.setdefault(actor.index, now)
+        remaining = first + self._max_wait - now
+        if remaining <= 0:
+            return False
+        self._loop.call_later(remaining, self._kick, actor)
+        return True
+
+    def _cut(self, sid: int) -> _Batch:
+        """The next batch of shard ``sid``: up to ``max_batch_size`` items from its queue."""
+        st = self._shards[sid]
+        room = self._max_batch
+        segments: list[Segment] = []
+        while st.queue and room > 0:
+            seg = st.queue[0]
+            if len(seg) <= room:
+                st.queue.popleft()
+            else:
+                seg, st.queue[0] = seg.split(room)
+            segments.append(seg)
+            room -= len(seg)
+        st.queued -= self._max_batch - room
+        batch = _Batch(sid, st.next_seq, segments, concat_items(segments))
+        st.next_seq += 1
+        st.unacked[batch.seq] = batch
+        return batch
+
+    def _send(self, actor: _ActorSlot, batches: list[_Batch]) -> None:
+        wire = [(b.shard_id, b.seq, b.payload) for b in batches]
+        try:
+            ref = actor.handle.run.remote(wire)
+        except Exception as exc:
+            if self._unserializable(actor, batches, exc):
+                return
+            raise
+        actor.inflight += 1
+        self._loop.create_task(self._await_reply(actor, batches, ref))
+
+    async def _await_reply(self, actor: _ActorSlot, batches: list[_Batch], ref: Any) -> None:
+        try:
+            replies = await ref
+        except _ACTOR_GONE as exc:
+            actor.inflight -= 1
+            await self._recover(actor, exc)
+            return
+        except Exception as exc:
+            # The call itself failed (not the user's handler, whose errors come as replies):
+            # fail its items with the cause rather than hang.
+            actor.inflight -= 1
+            for b in batches:
+                self._fail_batch(b, exc)
+            self._kick(actor)
+            return
+        actor.inflight -= 1
+        for reply in replies:
+            self._on_reply(*reply)
+        self._kick(actor)
+
+    def _on_reply(self, sid: int, seq: int, outputs: Any, failures: list[ItemFailure]) -> None:
+        st = self._shards[sid]
+        batch = st.unacked.pop(seq, None)
+        if batch is None:
+            return  # a duplicate (resent batch answered twice), or a replayed one
+        if batch.is_barrier:
+            st.snapshot = (outputs[0], seq + 1)
+            st.replay = [b for b in st.replay if b.seq > seq]
+            st.barrier_pending = False
+            return
+        if self._checkpoint_every is not None:
+            st.replay.append(batch)
+            st.since_snapshot += 1
+            if st.since_snapshot >= self._checkpoint_every and not st.barrier_pending:
+                self._queue_barrier(sid)
+        st.batches += 1
+        by_offset = {f.position: f for f in failures} if failures else None
+        off = 0
+        for seg in batch.segments:
+            n = len(seg)
+            seg_failures: Failures = []
+            if by_offset:
+                for i in range(n):
+                    f = by_offset.get(off + i)
+                    if f is not None:
+                        err = TaskError(sid, seg.key_at(i), f.exception(), f.traceback)
+                        seg_failures.append((i, err))
+            self._deliver(seg, outputs[off : off + n], seg_failures, sid)
+            off += n
+
+    def _deliver(self, seg: Segment, outputs: Any, failures: Failures, sid: int) -> None:
+        n = len(seg)
+        st = self._shards[sid]
+        st.items += n
+        st.errors += len(failures)
+        self._actors[st.actor].outstanding -= n
+        try:
+            seg.sink.deliver(seg, outputs, failures)
+        finally:
+            self._outstanding -= n
+            if self._outstanding == 0:
+                self._idle.set()
+
+    def _fail_batch(self, batch: _Batch, exc: BaseException) -> None:
+        st = self._shards[batch.shard_id]
+        if st.unacked.pop(batch.seq, None) is None:
+            return
+        for seg in batch.segments:
+            errs: Failures = []
+            for i in range(len(seg)):
+                if isinstance(exc, ShardyardError):
+                    errs.append((i, exc))
+                else:
+                    tb = ItemFailure.capture(i, exc).traceback
+                    errs.append((i, TaskError(batch.shard_id, seg.key_at(i), exc, tb)))
+            self._deliver(seg, [None] * len(seg), errs, batch.shard_id)
+
+    def _queue_barrier(self, sid: int) -> None:
+        st = self._shards[sid]
+        st.barrier_pending = True
+        st.since_snapshot = 0
+        barrier = _Batch(sid, st.next_seq, [], SNAPSHOT_BARRIER)
+        st.next_seq += 1
+        st.unacked[barrier.seq] = barrier
+        actor = self._actors[st.actor]
+        if actor.recovering:
+            return  # resent with the other unacked batches
+        self._send(actor, [barrier])
+
+    # --- failures -------------------------------------------------------------------------
+
+    def _unserializable(self, actor: _ActorSlot, batches: list[_Batch], exc: Exception) -> bool:
+        """Fail the items that cannot be pickled; resend the rest. False if none is bad."""
+        found = False
+        for b in batches:
+            if b.is_barrier:
+                continue
+            kept: list[Segment] = []
+            for seg in b.segments:
+                bad = np.array([not _picklable(x) for x in seg.items], dtype=bool)
+                if not bad.any():
+                    kept.append(seg)
+                    continue
+                found = True
+                bad_idx = np.flatnonzero(bad)
+                errs: Failures = [
+                    (
+                        k,
+                        SerializationError(
+                            f"item with key {seg.key_at(int(i))!r} for shard {b.shard_id} "
+                            f"cannot be pickled for Ray: {exc}"
+                        ),
+                    )
+                    for k, i in enumerate(bad_idx.tolist())
+                ]
+                self._deliver(seg.select(bad_idx), [None] * len(bad_idx), errs, b.shard_id)
+                good = np.flatnonzero(~bad)
+                if len(good):
+                    kept.append(seg.select(good))
+            b.segments = kept
+            b.payload = concat_items(kept) if kept else []
+        if not found:
+            return False
+        self._send(actor, batches)
+        return True
+
+    async def _recover(self, actor: _ActorSlot, exc: BaseException) -> None:
+        if actor.recovering:
+            return
+        actor.recovering = True
+        actor.restarts += 1
+        log.warning("shard actor %d died (%s); recovering its shards", actor.index, exc)
+        try:
+            if actor.restarts > self._max_retries:
+                raise ActorLostError(
+                    f"actor {actor.index} died {actor.restarts} times (max_retries="
+                    f"{self._max_retries}); last cause: {exc}"
+                )
+            await self._wait_alive(actor)
+            states: dict[int, tuple[Any, int]] = {}
+            resend: list[list[_Batch]] = []
+            for sid in actor.shards:
+                st = self._shards[sid]
+                pending = sorted(st.unacked.values(), key=lambda b: b.seq)
+                if self._stateful and self._checkpoint_every is not None:
+                    state, seq = st.snapshot if st.snapshot else (None, 0)
+                    chain = [b for b in st.replay if b.seq >= seq] + pending
+                elif self._stateful:
+                    raise ActorLostError(
+                        f"actor {actor.index} died and checkpoint_every is off: the state of "
+                        f"shards {actor.shards} cannot be rebuilt; last cause: {exc}"
+                    )
+                else:
+                    state, seq = None, pending[0].seq if pending else st.next_seq
+                    chain = pending
+                states[sid] = (state, seq)
+                for i, b in enumerate(chain):
+                    if i == len(resend):
+                        resend.append([])
+                    resend[i].append(b)
+            await actor.handle.host_shards.remote(actor.shards, states)
+        except Exception as err:
+            lost = err if isinstance(err, ShardyardError) else ActorLostError(str(err))
+            for sid in actor.shards:
+                st = self._shards[sid]
+                for b in sorted(st.unacked.values(), key=lambda b: b.seq):
+                    self._fail_batch(b, lost)
+                while st.queue:
+                    seg = st.queue.popleft()
+                    st.queued -= len(seg)
+                    self._deliver(seg, [None] * len(seg), [(i, lost) for i in range(len(seg))], sid)
+            actor.ready.clear()
+            actor.recovering = False
+            return
+        actor.recovering = False
+        for wave in resend:
+            self._send(actor, wave)
+        self._kick(actor)
+
+    async def _wait_alive(self, actor: _ActorSlot, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                await actor.handle.health.remote()
+                return
+            except ActorDiedError:
+                raise
+            except _ACTOR_GONE:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Wait until every item handed to the core has finished."""
+        while True:
+            self._drain()
+            if self._outstanding == 0 and not self._segment_inbox and not self._submit_inbox:
+                return
+            await self._idle.wait()
+
+    def stats(self) -> dict[str, Any]:
+        """Driver-side counters per shard and per actor (call on the core loop)."""
+        return {
+            "shards": [
+                {
+                    "shard_id": sid,
+                    "actor": st.actor,
+                    "items": st.items,
+                    "batches": st.batches,
+                    "errors": st.errors,
+                    "queued": st.queued,
+                    "in_flight": sum(len(s) for b in st.unacked.values() for s in b.segments),
+                }
+                for sid, st in enumerate(self._shards)
+            ],
+            "actors": [
+                {
+                    "actor": a.index,
+                    "shards": list(a.shards),
+                    "in_flight_calls": a.inflight,
+                    "outstanding": a.outstanding,
+                    "restarts": a.restarts,
+                }
+                for a in self._actors
+            ],
+        }
+
+
+def _picklable(x: Any) -> bool:
+    try:
+        cloudpickle.dumps(x)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,116 @@
+"""Futures returned by ``ShardPool.submit``: a ``concurrent.futures.Future`` you can await.
+
+Example:
+    >>> import asyncio
+    >>> from shardyard.scheduler.futures import ShardFuture
+    >>> f = ShardFuture()
+    >>> f.set_result(3)
+    >>> f.result()
+    3
+    >>> async def main():
+    ...     return await f
+    >>> asyncio.run(main())
+    3
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Generator, Sequence
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
+from typing import Any
+
+__all__ = ["ShardFuture", "resolve_many"]
+
+_DONE = ("FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED")
+
+
+class ShardFuture(concurrent.futures.Future[Any]):
+    """A ``concurrent.futures.Future`` that is also awaitable from any event loop.
+
+    It works with ``concurrent.futures.wait`` and ``as_completed``, and with ``await`` /
+    ``asyncio.gather`` in asyncio code. A finished future is awaited without touching the
+    event loop, so gathering thousands of already-resolved futures stays cheap.
+
+    The futures of one pool share one ``Condition`` (passed as ``condition``): creating a
+    ``Condition`` per future costs more than the rest of a submit, and the core resolves a
+    whole batch under one acquisition with one wake-up (see :func:`resolve_many`).
+
+    Attributes:
+        shard_id: the logical shard the item was routed to.
+        key: the item's key (``None`` for keyless work).
+    """
+
+    def __init__(
+        self, shard_id: int = -1, key: Any = None, condition: threading.Condition | None = None
+    ) -> None:
+        if condition is None:
+            super().__init__()
+        else:
+            # The fields Future.__init__ sets (stable since Python 3.2), with a shared lock.
+            self._condition = condition
+            self._state = PENDING
+            self._result = None
+            self._exception = None
+            self._waiters = []
+            self._done_callbacks = []
+        self.shard_id = shard_id
+        self.key = key
+
+    def _wait_done(self, timeout: float | None) -> None:
+        # A shared condition wakes for other futures too: wait for this one's state.
+        with self._condition:
+            if not self._condition.wait_for(lambda: self._state in _DONE, timeout):
+                raise concurrent.futures.TimeoutError()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The item's output; raises its error (e.g. ``TaskError``) if it failed."""
+        if self._state not in _DONE:
+            self._wait_done(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The item's error, or ``None`` if it succeeded."""
+        if self._state not in _DONE:
+            self._wait_done(timeout)
+        return super().exception(0)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._state == FINISHED:
+            return self.result()
+        return (yield from asyncio.wrap_future(self).__await__())
+
+
+def resolve_many(
+    condition: threading.Condition,
+    futures: Sequence[ShardFuture],
+    values: Sequence[Any],
+    errors: dict[int, BaseException] | None = None,
+) -> None:
+    """Resolve ``futures`` (sharing ``condition``) with ``values`` or ``errors[offset]``.
+
+    One lock acquisition and one ``notify_all`` for the whole batch; done-callbacks run
+    after the lock is released, as ``Future.set_result`` does. Cancelled futures are left
+    as they are.
+    """
+    with condition:
+        for off, fut in enumerate(futures):
+            if fut._state not in (PENDING, RUNNING):
+                continue
+            exc = errors.get(off) if errors else None
+            if exc is None:
+                fut._result = values[off]
+                fut._state = FINISHED
+                for waiter in fut._waiters:
+                    waiter.add_result(fut)
+            else:
+                fut._exception = exc
+                fut._state = FINISHED
+                for waiter in fut._waiters:
+                    waiter.add_exception(fut)
+        condition.notify_all()
+    for fut in futures:
+        if fut._done_callbacks:
+            fut._invoke_callbacks()  # type: ignore[attr-defined]

@@ -1,0 +1,92 @@
+"""Segments: runs of one shard's items on their way to an actor, and their result routing.
+
+A producer partitions its input into segments, one per shard it touches; the dispatcher
+cuts and glues segments into batches of at most ``max_batch_size`` items per shard. A
+segment remembers where its results go (its sink, and the positions or futures there),
+so outputs flow back to the right place whatever batch carried them.
+
+Example:
+    >>> import numpy as np
+    >>> seg = Segment(None, np.arange(5), np.arange(10, 15), None)
+    >>> head, tail = seg.split(2)
+    >>> head.items.tolist(), tail.items.tolist()
+    ([10, 11], [12, 13, 14])
+    >>> concat_items([head, tail]).tolist()
+    [10, 11, 12, 13, 14]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Segment", "concat_items", "take"]
+
+
+def take(values: Any, index: np.ndarray) -> Any:
+    """``values[index]`` for arrays; a list of the picked elements for lists."""
+    if values is None:
+        return None
+    if isinstance(values, np.ndarray):
+        return values[index]
+    return [values[i] for i in index.tolist()]
+
+
+@dataclass(slots=True)
+class Segment:
+    """Items of one shard from one producer, with where their results go.
+
+    Attributes:
+        sink: receives the outputs (``Sink`` from :mod:`shardyard.scheduler.sinks`).
+        ref: positions in the sink's output (int64 array), or a list of futures.
+        items: the items, a numpy array or a list.
+        keys: the items' keys (array or list), or ``None`` for keyless work.
+    """
+
+    sink: Any
+    ref: Any
+    items: Any
+    keys: Any
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def split(self, n: int) -> tuple[Segment, Segment]:
+        """The first ``n`` items and the rest, as two segments (numpy slices are views)."""
+        keys = self.keys
+        return (
+            Segment(self.sink, self.ref[:n], self.items[:n], None if keys is None else keys[:n]),
+            Segment(self.sink, self.ref[n:], self.items[n:], None if keys is None else keys[n:]),
+        )
+
+    def select(self, index: np.ndarray) -> Segment:
+        """The items at ``index`` (sorted positions within this segment), as a segment."""
+        ref = self.ref[index] if isinstance(self.ref, np.ndarray) else take(self.ref, index)
+        return Segment(self.sink, ref, take(self.items, index), take(self.keys, index))
+
+    def key_at(self, offset: int) -> Any:
+        """The key of the item at ``offset``, as a plain Python value (``None`` if keyless)."""
+        if self.keys is None:
+            return None
+        key = self.keys[offset]
+        return key.item() if isinstance(key, np.generic) else key
+
+
+def concat_items(segments: Sequence[Segment]) -> Any:
+    """One batch payload from consecutive segments of one shard.
+
+    All-numpy segments of one dtype are concatenated into one array (zero-copy through
+    Ray's object store); anything else becomes a list.
+    """
+    if len(segments) == 1:
+        return segments[0].items
+    parts = [s.items for s in segments]
+    if all(isinstance(p, np.ndarray) for p in parts) and len({p.dtype for p in parts}) == 1:
+        return np.concatenate(parts)
+    out: list[Any] = []
+    for p in parts:
+        out.extend(p.tolist() if isinstance(p, np.ndarray) else p)
+    return out

@@ -1,0 +1,91 @@
+"""Statistics of a running pool, as pydantic models (printable, JSON-able).
+
+Example:
+    >>> s = ShardStats(shard_id=0, actor=0, items=10, batches=2, queue_depth=0, errors=0)
+    >>> s.items
+    10
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["ActorStats", "PoolStats", "ShardStats"]
+
+
+class ShardStats(BaseModel):
+    """Counters of one logical shard.
+
+    Attributes:
+        shard_id: the shard.
+        actor: index of the actor hosting it.
+        items: items finished (output or error) as seen by the driver.
+        batches: batches finished.
+        queue_depth: items queued on the driver or in flight to the actor.
+        errors: items that ended in an error.
+        busy_s: seconds the actor spent in the handler for this shard.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    shard_id: int
+    actor: int
+    items: int
+    batches: int
+    queue_depth: int
+    errors: int
+    busy_s: float = 0.0
+
+
+class ActorStats(BaseModel):
+    """Counters of one shard actor process.
+
+    Attributes:
+        actor: its index in the pool.
+        pid: its process id (``None`` if it did not answer).
+        node_id: the Ray node it runs on.
+        shards: the shards it hosts.
+        in_flight_calls: Ray calls awaiting its reply.
+        outstanding: items queued for it or in flight.
+        items: items its handler has processed (since its last restart).
+        restarts: deaths recovered from.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    actor: int
+    pid: int | None
+    node_id: str | None
+    shards: list[int]
+    in_flight_calls: int
+    outstanding: int
+    items: int
+    restarts: int
+
+
+class PoolStats(BaseModel):
+    """A pool's shards and actors at one moment.
+
+    Attributes:
+        shards: one entry per logical shard.
+        actors: one entry per actor.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    shards: list[ShardStats]
+    actors: list[ActorStats]
+
+    @property
+    def items(self) -> int:
+        """Items finished across all shards."""
+        return sum(s.items for s in self.shards)
+
+    def load_table(self) -> str:
+        """A small text table of items per actor and shard (for printing)."""
+        lines = ["actor  shards  items    busy_s"]
+        for a in self.actors:
+            busy = sum(self.shards[s].busy_s for s in a.shards)
+            items = sum(self.shards[s].items for s in a.shards)
+            lines.append(f"{a.actor:>5}  {len(a.shards):>6}  {items:>7}  {busy:>7.2f}")
+        return "\n".join(lines)
