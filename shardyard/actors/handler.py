@@ -117,7 +117,9 @@ def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
     return out, failures
 
 
-async def run_batch(handler: Callable[[Any], Any] | Shard, batched: bool, batch: Any) -> BatchResult:
+async def run_batch(
+    handler: Callable[[Any], Any] | Shard, batched: bool, batch: Any
+) -> BatchResult:
     """Run ``handler`` on ``batch``; never raises for the user's errors.
 
     Args:

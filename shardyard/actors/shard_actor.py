@@ -70,7 +70,7 @@ class ShardActor:
         self._index = actor_index
         self._shards: dict[int, _HostedShard] = {}  # shard id -> its instance and counters
         self._started = time.time()
-        self.host_shards(shard_ids, states or {})
+        self._host(shard_ids, states or {})
 
     # --- work -------------------------------------------------------------------------------
 
@@ -127,6 +127,9 @@ class ShardActor:
             states: ``{shard_id: (state or None, next_seq)}``; the shard accepts batches from
                 ``next_seq`` on.
         """
+        self._host(shard_ids, states)
+
+    def _host(self, shard_ids: list[int], states: dict[int, tuple[Any, int]]) -> None:
         for sid in shard_ids:
             instance: Any = self._handler
             state, next_seq = states.get(sid, (None, 0))

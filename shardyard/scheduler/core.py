@@ -33,7 +33,7 @@ from shardyard.actors.shard_actor import SNAPSHOT_BARRIER
 from shardyard.errors import ActorLostError, SerializationError, ShardyardError, TaskError
 from shardyard.scheduler.partition import Partitioner
 from shardyard.scheduler.segments import Segment, concat_items
-from shardyard.scheduler.sinks import Failures, FutureSink, Sink
+from shardyard.scheduler.sinks import Failures, FutureSink
 
 __all__ = ["Core"]
 
@@ -146,9 +146,22 @@ class Core:
 
     def stop(self) -> None:
         """Stop the loop thread (pending work is abandoned; call ``wait_idle`` first)."""
-        if self._loop.is_running():
+        if not self._thread.is_alive():
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.call(cancel_all(), timeout=10)
+        finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+            self._thread.join(timeout=10)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def actor_loads(self) -> np.ndarray:
         """Unfinished items per actor (read racily from producer threads: a hint)."""
@@ -191,12 +204,13 @@ class Core:
         batch = [box.popleft() for _ in range(len(box))]
         items = [b[0] for b in batch]
         futures = [b[2] for b in batch]
-        keys: list[Any] | None = [b[1] for b in batch]
-        if all(k is None for k in keys):  # type: ignore[union-attr]
+        raw_keys = [b[1] for b in batch]
+        keys: list[Any] | None = raw_keys
+        if all(k is None for k in raw_keys):
             keys = None
-        elif any(k is None for k in keys):  # type: ignore[union-attr]
+        elif any(k is None for k in raw_keys):
             # Mixed keyed and keyless submits: route the keyless ones by their position.
-            keys = [k if k is not None else i for i, k in enumerate(keys)]  # type: ignore[union-attr]
+            keys = [k if k is not None else i for i, k in enumerate(raw_keys)]
         try:
             groups = self.partitioner.split(len(items), keys)
         except Exception as exc:  # a bad key type fails those futures, not the core

@@ -54,8 +54,8 @@ class ShardFuture(concurrent.futures.Future[Any]):
             self._state = PENDING
             self._result = None
             self._exception = None
-            self._waiters = []
-            self._done_callbacks = []
+            self._waiters: list[Any] = []
+            self._done_callbacks: list[Any] = []
         self.shard_id = shard_id
         self.key = key
 

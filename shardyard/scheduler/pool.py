@@ -251,18 +251,18 @@ class ShardPool:
         size = self.config.chunk_size
         key_fn = keys if callable(keys) else None
         if isinstance(items, np.ndarray):
-            key_arr = None if keys is None or key_fn else _sliceable(keys)
+            key_arr = None if keys is None or key_fn else _sliceable(keys)  # type: ignore[arg-type]
             for lo in range(0, len(items), size):
-                chunk = items[lo : lo + size]
+                view = items[lo : lo + size]
                 if key_fn is not None:
-                    yield chunk, [key_fn(x) for x in chunk.tolist()]
+                    yield view, [key_fn(x) for x in view.tolist()]
                 else:
-                    yield chunk, None if key_arr is None else key_arr[lo : lo + size]
+                    yield view, None if key_arr is None else key_arr[lo : lo + size]
             return
         item_it = iter(items)
         key_it = None if keys is None or key_fn else iter(keys)  # type: ignore[arg-type]
         while True:
-            chunk = list(itertools.islice(item_it, size))
+            chunk: list[Any] = list(itertools.islice(item_it, size))
             if not chunk:
                 return
             if key_fn is not None:
@@ -318,6 +318,8 @@ class ShardPool:
                 continue
             pieces, errors = sink.take(block=True)
             yield sink, pieces, errors
+            # The consumer has gone through what it was given before asking for more.
+            sink.release(sum(len(p[0]) for p in pieces) + len(errors))
             if exhausted and sink.all_done():
                 pieces, errors = sink.take(block=False)
                 if pieces or errors:
@@ -483,7 +485,7 @@ class ShardPool:
         self._ensure_started()
         self.wait()
         refs = [a.reduce_local.remote(combine) for a in self._actors]
-        remote_combine = ray.remote(num_cpus=0)(lambda f, x, y: f(x, y))
+        remote_combine: Any = ray.remote(num_cpus=0)(_apply2)
         while len(refs) > 2:
             pairs = [refs[i : i + 2] for i in range(0, len(refs), 2)]
             refs = [remote_combine.remote(combine, *p) if len(p) == 2 else p[0] for p in pairs]
@@ -562,8 +564,8 @@ class ShardPool:
             piece = await asyncio.to_thread(next, pieces, done)
             if piece is done:
                 return
-            _, outputs = piece  # type: ignore[misc]
-            for value in outputs.tolist() if isinstance(outputs, np.ndarray) else outputs:
+            values = piece[1]  # type: ignore[index]
+            for value in values.tolist() if isinstance(values, np.ndarray) else values:
                 yield value
 
     async def asubmit(self, item: Any, key: Any = None) -> Any:
@@ -577,6 +579,10 @@ class ShardPool:
     async def areduce(self, combine: Callable[[Any, Any], Any]) -> Any:
         """``await`` twin of :meth:`reduce`."""
         return await asyncio.to_thread(self.reduce, combine)
+
+
+def _apply2(fn: Callable[[Any, Any], Any], x: Any, y: Any) -> Any:
+    return fn(x, y)
 
 
 def _sliceable(keys: Iterable[Any]) -> Any:

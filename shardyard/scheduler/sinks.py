@@ -49,6 +49,7 @@ class MapSink(Sink):
         self._keep = keep
         self.submitted = 0  # items handed to the dispatcher
         self.finished = 0  # items with an output or an error
+        self.released = 0  # finished items the consumer is done with (stream use)
         self.pieces: deque[tuple[np.ndarray, Any]] = deque()  # (positions, outputs)
         self.errors: list[tuple[int, BaseException]] = []  # (position, exception)
         self._error_cursor = 0  # errors already handed out by take()
@@ -60,13 +61,22 @@ class MapSink(Sink):
         with self._cond:
             self.submitted += n
 
+    def _held(self) -> int:
+        # Items the driver holds for this call: unfinished ones, plus (when streaming)
+        # finished ones the consumer has not taken yet.
+        return self.submitted - (self.finished if self._keep else self.released)
+
     def has_capacity(self) -> bool:
-        return self.submitted - self.finished < self._max_pending
+        return self._held() < self._max_pending
+
+    def release(self, n: int) -> None:
+        """The consumer is done with ``n`` taken items (stream use)."""
+        self.released += n
 
     def wait_capacity(self) -> None:
-        """Block until fewer than ``max_pending`` items are unfinished."""
+        """Block until the driver holds fewer than ``max_pending`` items of this call."""
         with self._cond:
-            while self.submitted - self.finished >= self._max_pending:
+            while self._held() >= self._max_pending:
                 self._cond.wait()
 
     def all_done(self) -> bool:
@@ -111,6 +121,7 @@ class MapSink(Sink):
                     self.errors.append((int(positions[off]), exc))
                 ok = np.flatnonzero(~failed)
                 if len(ok):
+                    kept: Any
                     if isinstance(outputs, np.ndarray):
                         kept = outputs[ok]
                     else:

@@ -1,0 +1,62 @@
+"""Partitioner: vectorised group-by and keyless blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardyard.scheduler.partition import Partitioner
+from shardyard.scheduler.segments import Segment, concat_items
+from shardyard.sharding import strategy
+
+
+def test_group_by_is_stable_and_complete() -> None:
+    ids = np.array([3, 1, 3, 0, 1, 3])
+    groups = Partitioner.group(ids)
+    assert [(s, i.tolist()) for s, i in groups] == [(0, [3]), (1, [1, 4]), (3, [0, 2, 5])]
+
+
+def test_keyed_split_matches_strategy() -> None:
+    strat = strategy("jump", 8)
+    placement = np.arange(8) % 2
+    p = Partitioner(strat, placement, max_block=100)
+    keys = [f"k{i}" for i in range(1000)]
+    groups = p.split(1000, keys)
+    expected = strat.assign(keys)
+    seen = np.full(1000, -1)
+    for sid, idx in groups:
+        assert np.all(np.diff(idx) > 0)  # input order within a shard
+        seen[idx] = sid
+    np.testing.assert_array_equal(seen, expected)
+
+
+def test_keyless_blocks_cover_the_chunk_and_use_every_actor() -> None:
+    placement = np.array([0, 0, 1, 1])
+    p = Partitioner(strategy("hash", 4), placement, max_block=10)
+    groups = p.split(95, None)
+    covered = sorted(i for _, sl in groups for i in range(sl.start, sl.stop))
+    assert covered == list(range(95))
+    assert all(sl.stop - sl.start <= 10 for _, sl in groups)
+    actors = {int(placement[sid]) for sid, _ in groups}
+    assert actors == {0, 1}
+
+
+def test_least_loaded_keyless_prefers_idle_actor() -> None:
+    placement = np.array([0, 1])
+    p = Partitioner(
+        strategy("hash", 2),
+        placement,
+        max_block=10,
+        keyless="least_loaded",
+        actor_loads=lambda: np.array([1000, 0]),
+    )
+    assert {sid for sid, _ in p.split(10, None)} == {1}
+
+
+def test_segments_concat_and_split() -> None:
+    a = Segment(None, np.arange(3), np.array([1, 2, 3]), None)
+    b = Segment(None, np.arange(3, 5), np.array([4, 5]), None)
+    assert concat_items([a, b]).tolist() == [1, 2, 3, 4, 5]
+    mixed = Segment(None, np.arange(2), ["x", "y"], ["kx", "ky"])
+    assert concat_items([a, mixed]) == [1, 2, 3, "x", "y"]
+    head, tail = mixed.split(1)
+    assert head.items == ["x"] and tail.key_at(0) == "ky"

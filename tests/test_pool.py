@@ -1,0 +1,261 @@
+"""End-to-end behaviour of ShardPool on a real local Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import operator
+import threading
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pydantic
+import pytest
+
+from shardyard import PoolClosedError, SerializationError, Shard, ShardPool, TaskError
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+class Recorder(Shard):
+    """Records the order in which its items arrive."""
+
+    def setup(self, shard_id: int) -> None:
+        self.seen: list[Any] = []
+
+    def process(self, batch: Any) -> list[int]:
+        self.seen.extend(batch)
+        return [self.shard_id] * len(batch)
+
+    def result(self) -> list[Any]:
+        return self.seen
+
+
+class WordCount(Shard):
+    def setup(self, shard_id: int) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def process_item(self, word: str) -> None:
+        self.counts[word] += 1
+
+    def result(self) -> Counter[str]:
+        return self.counts
+
+
+class AsyncDouble(Shard):
+    async def process(self, batch: Any) -> list[int]:
+        await asyncio.sleep(0)
+        return [2 * x for x in batch]
+
+
+def _words(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(500)]
+    return [vocab[i] for i in rng.zipf(1.3, n) % 500]
+
+
+def test_map_keeps_input_order_per_item_handler() -> None:
+    with ShardPool(lambda x: x * 3, num_actors=2, max_batch_size=64) as pool:
+        items = list(range(5000))
+        assert pool.map(items) == [3 * x for x in items]
+
+
+def test_map_numpy_in_numpy_out_with_batched_handler() -> None:
+    arr = np.arange(100_000, dtype=np.int64)
+    with ShardPool(lambda a: a * 2, batched=True, num_actors=2) as pool:
+        out = pool.map(arr)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, arr * 2)
+
+
+def test_keyed_map_keeps_order_and_affinity() -> None:
+    keys = [f"user-{i % 37}" for i in range(3000)]
+    with ShardPool(Recorder, num_actors=2, num_shards=8, max_batch_size=16) as pool:
+        shard_of_item = pool.map(list(range(3000)), keys=keys)
+        routed = pool.shard_of(keys)
+        per_shard = pool.results()
+    # Affinity: each key's items all reached one shard, the one the strategy names.
+    assert shard_of_item == routed.tolist()
+    by_key: dict[str, set[int]] = {}
+    for k, s in zip(keys, shard_of_item, strict=True):
+        by_key.setdefault(k, set()).add(s)
+    assert all(len(s) == 1 for s in by_key.values())
+    # Per-shard order: each shard saw its items in submission order.
+    for sid, seen in per_shard.items():
+        expected = [i for i, s in enumerate(shard_of_item) if s == sid]
+        assert seen == expected
+
+
+def test_stateful_word_count_equals_serial_reference() -> None:
+    words = _words(20_000)
+    with ShardPool(WordCount, num_actors=2, num_shards=12) as pool:
+        pool.map(words, keys=words)
+        total = pool.reduce(operator.add)
+        partials = pool.results()
+    assert total == Counter(words)
+    # Every word lives in exactly one shard's partial.
+    owners = Counter(w for part in partials.values() for w in part)
+    assert set(owners.values()) == {1}
+
+
+def test_submit_futures_are_concurrent_futures_and_awaitable() -> None:
+    with ShardPool(lambda x: x + 1, num_actors=2) as pool:
+        futs = [pool.submit(i, key=i) for i in range(2000)]
+        _done, not_done = concurrent.futures.wait(futs, timeout=60)
+        assert not not_done
+        assert sorted(f.result() for f in concurrent.futures.as_completed(futs)) == list(
+            range(1, 2001)
+        )
+        assert all(isinstance(f, concurrent.futures.Future) for f in futs)
+
+        async def main() -> list[int]:
+            more = [pool.submit(i, key=str(i)) for i in range(500)]
+            return list(await asyncio.gather(*more))
+
+        assert asyncio.run(main()) == list(range(1, 501))
+
+
+def test_async_api() -> None:
+    async def main() -> tuple[list[int], list[int], int, dict[int, Any]]:
+        async with ShardPool(AsyncDouble, num_actors=2) as pool:
+            mapped = await pool.amap(list(range(300)), keys=list(range(300)))
+            streamed = [y async for y in pool.amap_unordered(range(300))]
+            one = await pool.asubmit(21, key="k")
+            results = await pool.aresults()
+        return mapped, streamed, one, results
+
+    mapped, streamed, one, results = asyncio.run(main())
+    assert mapped == [2 * x for x in range(300)]
+    assert sorted(streamed) == [2 * x for x in range(300)]
+    assert one == 42
+    assert len(results) == 16
+
+
+def test_blocking_api_inside_a_running_event_loop() -> None:
+    # As in Jupyter: a loop is running in this thread and the user calls blocking methods.
+    async def notebook_cell() -> tuple[list[int], int]:
+        with ShardPool(lambda x: -x, num_actors=2) as pool:
+            return pool.map(range(100)), pool.submit(5).result(timeout=60)
+
+    out, one = asyncio.run(notebook_cell())
+    assert out == [-x for x in range(100)]
+    assert one == -5
+
+
+def _fail_on_bad(x: int) -> int:
+    if x % 100 == 13:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def test_handler_error_names_shard_and_key_and_others_finish() -> None:
+    items = list(range(1000))
+    keys = [f"k{i}" for i in items]
+    with ShardPool(_fail_on_bad, num_actors=2, num_shards=8) as pool:
+        with pytest.raises(TaskError) as info:
+            pool.map(items, keys=keys)
+        err = info.value
+        assert err.key == "k13"
+        assert err.shard_id == int(pool.shard_of(["k13"])[0])
+        assert isinstance(err.cause, ValueError)
+        assert "bad item 13" in str(err)
+        assert "_fail_on_bad" in err.remote_traceback  # the original traceback
+        out = pool.map(items, keys=keys, return_exceptions=True)
+        failed = [i for i, v in enumerate(out) if isinstance(v, TaskError)]
+        assert failed == [i for i in items if i % 100 == 13]
+        assert all(out[i] == i for i in items if i % 100 != 13)
+        fut = pool.submit(13, key="k13")
+        with pytest.raises(TaskError):
+            fut.result(timeout=60)
+        assert pool.submit(14, key="k14").result(timeout=60) == 14
+        stats = pool.stats()
+        assert sum(s.errors for s in stats.shards) == 10 + 10 + 1
+
+
+def _batched_fail(batch: Any) -> Any:
+    if (batch == 7).any():
+        raise RuntimeError("seven")
+    return batch + 1
+
+
+def test_batched_handler_failure_is_pinned_to_its_item() -> None:
+    with ShardPool(_batched_fail, batched=True, num_actors=2) as pool:
+        out = pool.map(np.arange(50), return_exceptions=True)
+    assert isinstance(out[7], TaskError)
+    assert [v for i, v in enumerate(out) if i != 7] == [i + 1 for i in range(50) if i != 7]
+
+
+def test_bad_config_is_a_validation_error_naming_the_field() -> None:
+    with pytest.raises(pydantic.ValidationError) as info:
+        ShardPool(abs, num_actors=0)
+    assert info.value.errors()[0]["loc"] == ("num_actors",)
+    with pytest.raises(pydantic.ValidationError) as info:
+        ShardPool(abs, max_batch_sise=3)
+    assert info.value.errors()[0]["loc"] == ("max_batch_sise",)
+    with pytest.raises(pydantic.ValidationError):
+        ShardPool(abs, num_actors=4, num_shards=2)
+    with pytest.raises(ValueError, match="valid names"):
+        ShardPool(abs, strategy="nope")
+
+
+def test_unpicklable_handler_fails_at_construction() -> None:
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match="cannot be pickled"):
+        ShardPool(lambda x: (lock, x))
+
+
+def test_unpicklable_item_fails_alone_without_hanging() -> None:
+    items: list[Any] = [1, 2, threading.Lock(), 4]
+    with ShardPool(lambda x: x, num_actors=1, num_shards=1) as pool:
+        out = pool.map(items, return_exceptions=True)
+        assert out[0] == 1 and out[1] == 2 and out[3] == 4
+        assert isinstance(out[2], SerializationError)
+        fut = pool.submit(threading.Lock())
+        with pytest.raises(SerializationError):
+            fut.result(timeout=60)
+
+
+def test_closed_pool_refuses_work() -> None:
+    pool = ShardPool(abs, num_actors=1)
+    pool.close()
+    with pytest.raises(PoolClosedError):
+        pool.map([1])
+
+
+def test_long_generator_runs_in_bounded_memory() -> None:
+    n = 2_000_000
+    pulled = 0
+    max_ahead = 0
+    consumed = 0
+
+    def gen() -> Any:
+        nonlocal pulled, max_ahead
+        for i in range(n):
+            pulled += 1
+            max_ahead = max(max_ahead, pulled - consumed)
+            yield i
+
+    with ShardPool(
+        lambda a: a & 1, batched=True, num_actors=2, max_pending_items=50_000, chunk_size=10_000
+    ) as pool:
+        odd = 0
+        for y in pool.map_unordered(gen(), keys=None):
+            consumed += 1
+            odd += y
+    assert consumed == n
+    assert odd == n // 2
+    # The producer never ran more than the pending bound (+ one chunk) ahead of the consumer.
+    assert max_ahead <= 50_000 + 2 * 10_000
+
+
+def test_stats_report_shards_and_actors() -> None:
+    with ShardPool(WordCount, num_actors=2, num_shards=6) as pool:
+        words = _words(3000, seed=1)
+        pool.map(words, keys=words)
+        stats = pool.stats()
+    assert stats.items == 3000
+    assert len(stats.shards) == 6 and len(stats.actors) == 2
+    assert {a.pid for a in stats.actors} != {None}
+    assert sum(a.items for a in stats.actors) == 3000
+    assert all(s.queue_depth == 0 for s in stats.shards)
