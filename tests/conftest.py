@@ -53,18 +53,26 @@ def ray_cluster(request: pytest.FixtureRequest, _ray_session: None) -> Iterator[
     """A multi-node Ray cluster on this machine; ``request.param`` = CPUs per node."""
     from ray.cluster_utils import Cluster
 
+    from shardyard.cluster import _loopback_node_ip
+
     cpus = getattr(request, "param", [1, 1])
     shardyard.disconnect()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": cpus[0], "include_dashboard": False},
-    )
-    try:
-        for n in cpus[1:]:
-            cluster.add_node(num_cpus=n)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level="WARNING")
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    # Every node on loopback, like the embedded Ray.
+    with _loopback_node_ip():
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": cpus[0],
+                "include_dashboard": False,
+                "node_ip_address": "127.0.0.1",
+            },
+        )
+        try:
+            for n in cpus[1:]:
+                cluster.add_node(num_cpus=n, node_ip_address="127.0.0.1")
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, logging_level="WARNING")
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
