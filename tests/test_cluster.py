@@ -35,9 +35,7 @@ def test_token_authentication_stays_on(ray_local: shardyard.ClusterInfo) -> None
 def test_ray_daemons_listen_on_loopback_only(ray_local: shardyard.ClusterInfo) -> None:
     # What listens where, measured: the gcs_server and raylet this process started.
     daemons = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if p.name() in ("gcs_server", "raylet")
+        p for p in psutil.Process().children(recursive=True) if p.name() in ("gcs_server", "raylet")
     ]
     assert {p.name() for p in daemons} == {"gcs_server", "raylet"}
     listening = [
