@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import ray
+from ray import cloudpickle
 
 from shardyard.actors import Shard, remote_shard_actor
 from shardyard.actors.shard_actor import SNAPSHOT_BARRIER
@@ -66,8 +67,9 @@ def test_control_calls_answer_while_a_shard_is_busy(actor: Any) -> None:
 def test_snapshot_barrier_and_restore(actor: Any) -> None:
     ray.get(actor.run.remote([(0, 0, ["a", "b"])]))
     reply = ray.get(actor.run.remote([(0, 1, SNAPSHOT_BARRIER)]))
-    state = reply[0][2][0]
+    state = cloudpickle.loads(reply[0][2][0])
     assert state["log"] == ["a", "b"]
-    ray.get(actor.host_shards.remote([0], {0: ({"log": ["restored"]}, 5)}))
+    frozen = cloudpickle.dumps({"log": ["restored"]})
+    ray.get(actor.host_shards.remote([0], {0: (frozen, 5)}))
     ray.get(actor.run.remote([(0, 5, ["c"])]))
     assert ray.get(actor.results.remote())[0] == ["restored", "c"]

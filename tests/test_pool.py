@@ -122,6 +122,8 @@ def test_async_api() -> None:
             mapped = await pool.amap(list(range(300)), keys=list(range(300)))
             streamed = [y async for y in pool.amap_unordered(range(300))]
             one = await pool.asubmit(21, key="k")
+            many = await asyncio.gather(*(pool.asubmit(i, key=i) for i in range(1000)))
+            assert many == [2 * i for i in range(1000)]
             results = await pool.aresults()
         return mapped, streamed, one, results
 

@@ -53,3 +53,28 @@ def test_growing_64_to_65_moves_only_keys_to_the_new_shard() -> None:
     moved = before != after
     assert moved.mean() <= 1.15 / 65
     assert (after[moved] == 64).all()
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=2**64 - 1), min_size=1, max_size=50),
+    st.integers(min_value=1, max_value=100_000),
+)
+def test_scalar_jump_equals_vectorised(hashes: list[int], num_shards: int) -> None:
+    s = JumpStrategy(num_shards)
+    vec = s.assign_hashes(np.array(hashes, dtype=np.uint64)).tolist()
+    assert [s.assign_hash_one(h) for h in hashes] == vec
+
+
+def test_assign_one_equals_assign_for_every_strategy() -> None:
+    from shardyard.sharding import available_strategies, strategy
+
+    keys: list[object] = [0, 1, 2**40, "alice", b"bob", -7]
+    for name in available_strategies():
+        s = strategy(name, 13)
+        if not hasattr(s, "assign_one"):
+            continue
+        if name == "bounded":
+            # Bounded loads decide per batch: one key alone is a batch of one.
+            assert [s.assign_one(k) for k in keys] == [int(s.assign([k])[0]) for k in keys]
+        else:
+            assert [s.assign_one(k) for k in keys] == s.assign(keys).tolist(), name

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray import cloudpickle
 
 from shardyard.actors.handler import ItemFailure, Outputs, run_batch
 from shardyard.actors.shard import Shard
@@ -99,8 +100,7 @@ class ShardActor:
             await waiter
         reply: BatchReply
         if isinstance(batch, str) and batch == SNAPSHOT_BARRIER:
-            state = hosted.instance.snapshot() if isinstance(hosted.instance, Shard) else None
-            reply = (shard_id, seq, [state], [])
+            reply = (shard_id, seq, [_freeze(hosted.instance)], [])
         else:
             start = time.perf_counter()
             outputs, failures = await run_batch(hosted.instance, self._batched, batch)
@@ -124,7 +124,8 @@ class ShardActor:
 
         Args:
             shard_ids: the shards to host (replacing any hosted instance of them).
-            states: ``{shard_id: (state or None, next_seq)}``; the shard accepts batches from
+            states: ``{shard_id: (frozen state or None, next_seq)}``, as made by a snapshot
+                barrier or ``snapshot()``; the shard accepts batches from
                 ``next_seq`` on.
         """
         self._host(shard_ids, states)
@@ -138,18 +139,18 @@ class ShardActor:
                 instance.shard_id = sid
                 instance.setup(sid)
                 if state is not None:
-                    instance.restore(state)
+                    instance.restore(cloudpickle.loads(state))
             self._shards[sid] = _HostedShard(instance, next_seq=next_seq)
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def snapshot(self, shard_ids: list[int] | None = None) -> dict[int, tuple[Any, int]]:
-        """``{shard_id: (state, next_seq)}`` of the given (default: all) hosted shards."""
+        """``{shard_id: (frozen state, next_seq)}`` of the given (default: all) shards."""
         ids = list(self._shards) if shard_ids is None else shard_ids
         out: dict[int, tuple[Any, int]] = {}
         for sid in ids:
             hosted = self._shards[sid]
             if isinstance(hosted.instance, Shard):
-                out[sid] = (hosted.instance.snapshot(), hosted.next_seq)
+                out[sid] = (_freeze(hosted.instance), hosted.next_seq)
         return out
 
     # --- results and health (control) ----------------------------------------------------------
@@ -199,6 +200,18 @@ class ShardActor:
     def health(self) -> str:
         """``"ok"`` while the actor's control loop answers."""
         return "ok"
+
+
+def _freeze(instance: Any) -> bytes | None:
+    """The shard's snapshot, serialised now.
+
+    Serialising at the barrier (not when Ray ships the reply) matters: the next batch of the
+    shard may run before the reply is sent, and would otherwise leak into a snapshot that
+    the default ``snapshot()`` (a shallow copy) shares with the live state.
+    """
+    if not isinstance(instance, Shard):
+        return None
+    return cloudpickle.dumps(instance.snapshot())
 
 
 def remote_shard_actor(**options: Any) -> Any:

@@ -6,6 +6,14 @@ shard and, per actor, a bounded number of Ray calls in flight; each call carries
 batch of every shard of that actor that has items (micro-batching: while an actor is busy,
 items pile up and the next call carries them all). Replies are routed back to the sinks.
 
+Threads: the dispatch state is guarded by one re-entrant lock, held by whichever thread
+drives it. Bulk work (draining inboxes, timers, recovery) runs on the core's event loop.
+Replies are handled on Ray's completion-callback thread as they land, so a result reaches
+its waiter without a hop through the loop; only the follow-up sends go back to the loop
+(Ray calls are not made from Ray's callback thread). A submit to an idle pool dispatches
+from the caller's thread when the lock is free. Both short cuts remove thread hand-offs
+from the single-item round trip; under load everything still batches through the loop.
+
 Exactly-once: each shard's batches carry sequence numbers. A batch stays "unacked" until
 its reply arrives; a reply for a batch no longer unacked is ignored. When an actor dies,
 Ray restarts it; the core restores its shards (the last snapshot of a ``Shard``, taken as an
@@ -16,12 +24,14 @@ and resends the unacked batches in order.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,6 +41,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from shardyard.actors.handler import ItemFailure
 from shardyard.actors.shard_actor import SNAPSHOT_BARRIER
 from shardyard.errors import ActorLostError, SerializationError, ShardyardError, TaskError
+from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import Partitioner
 from shardyard.scheduler.segments import Segment, concat_items
 from shardyard.scheduler.sinks import Failures, FutureSink
@@ -52,6 +63,9 @@ class _Batch:
     @property
     def is_barrier(self) -> bool:
         return not self.segments
+
+
+_Delivery = tuple[Segment, Any, Failures]  # (segment, its outputs, its failures)
 
 
 @dataclass(slots=True)
@@ -76,6 +90,7 @@ class _ActorSlot:
     handle: Any
     shards: list[int]
     ready: set[int] = field(default_factory=set)  # shards with queued items
+    barriers: list[_Batch] = field(default_factory=list)  # snapshot barriers to send
     inflight: int = 0  # Ray calls in flight
     outstanding: int = 0  # items queued or in flight on this actor
     recovering: bool = False
@@ -127,8 +142,10 @@ class Core:
         self._segment_inbox: deque[list[tuple[int, Segment]]] = deque()  # from map producers
         self._submit_inbox: deque[tuple[Any, Any, Any]] = deque()  # (item, key, future)
         self._wakeup_scheduled = False  # a drain is already scheduled on the loop
+        self._lock = threading.RLock()  # guards the dispatch state; see the module docstring
         self._outstanding = 0  # items received by the core and not yet finished
-        self._idle = asyncio.Event()
+        self._idle = threading.Condition()  # notified when _outstanding drops to 0
+        self._idle_gen = 0  # bumped (under _lock and _idle) each time the core goes idle
         self._first_wait: dict[int, float] = {}  # actor -> when its oldest held item arrived
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="shardyard-core", daemon=True)
@@ -177,6 +194,13 @@ class Core:
     def push_submit(self, item: Any, key: Any, future: Any) -> None:
         """Hand over one submitted item; its future resolves with the output."""
         self._submit_inbox.append((item, key, future))
+        # Idle pool: dispatch from this thread, skipping the hop to the loop (latency).
+        if self._outstanding == 0 and self._lock.acquire(blocking=False):
+            try:
+                self._drain_locked()
+            finally:
+                self._lock.release()
+            return
         self._wake()
 
     def _wake(self) -> None:
@@ -189,6 +213,10 @@ class Core:
     def _drain(self) -> None:
         # Clear the flag first: a producer appending after this point schedules a new drain.
         self._wakeup_scheduled = False
+        with self._lock:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
         touched: set[int] = set()
         inbox = self._segment_inbox
         while inbox:
@@ -229,7 +257,8 @@ class Core:
                 None if keys is None else [keys[i] for i in idx],
             )
             for f in seg.ref:
-                f.shard_id = sid
+                if isinstance(f, ShardFuture):
+                    f.shard_id = sid
             self._enqueue(sid, seg, touched)
 
     def _enqueue(self, sid: int, seg: Segment, touched: set[int]) -> None:
@@ -240,11 +269,17 @@ class Core:
         actor.ready.add(sid)
         actor.outstanding += len(seg)
         self._outstanding += len(seg)
-        self._idle.clear()
         touched.add(st.actor)
+
+    def _kick_locked(self, actor: _ActorSlot) -> None:
+        with self._lock:
+            self._kick(actor)
 
     def _kick(self, actor: _ActorSlot) -> None:
         """Send calls to ``actor`` while it has room and shards with queued items."""
+        if actor.barriers and not actor.recovering:
+            barriers, actor.barriers = actor.barriers, []
+            self._send(actor, barriers)
         while actor.ready and actor.inflight < self._max_inflight and not actor.recovering:
             if self._max_wait > 0 and self._should_hold(actor):
                 return
@@ -262,7 +297,7 @@ class Core:
         remaining = first + self._max_wait - now
         if remaining <= 0:
             return False
-        self._loop.call_later(remaining, self._kick, actor)
+        self._loop.call_soon_threadsafe(self._loop.call_later, remaining, self._kick_locked, actor)
         return True
 
     def _cut(self, sid: int) -> _Batch:
@@ -293,29 +328,43 @@ class Core:
                 return
             raise
         actor.inflight += 1
-        self._loop.create_task(self._await_reply(actor, batches, ref))
+        # Handled on Ray's completion-callback thread (see the module docstring).
+        ref.future().add_done_callback(lambda done: self._on_call_done(actor, batches, done, ref))
 
-    async def _await_reply(self, actor: _ActorSlot, batches: list[_Batch], ref: Any) -> None:
-        try:
-            replies = await ref
-        except _ACTOR_GONE as exc:
+    def _on_call_done(
+        self,
+        actor: _ActorSlot,
+        batches: list[_Batch],
+        done: concurrent.futures.Future[Any],
+        ref: Any,  # kept alive until the reply is handled
+    ) -> None:
+        deliveries: list[_Delivery] = []
+        exc = done.exception()
+        with self._lock:
             actor.inflight -= 1
-            await self._recover(actor, exc)
-            return
-        except Exception as exc:
-            # The call itself failed (not the user's handler, whose errors come as replies):
-            # fail its items with the cause rather than hang.
-            actor.inflight -= 1
-            for b in batches:
-                self._fail_batch(b, exc)
-            self._kick(actor)
-            return
-        actor.inflight -= 1
-        for reply in replies:
-            self._on_reply(*reply)
-        self._kick(actor)
+            if exc is None:
+                for sid, seq, outputs, failures in done.result():
+                    self._on_reply(sid, seq, outputs, failures, out=deliveries)
+            elif not isinstance(exc, _ACTOR_GONE):
+                # The call itself failed (not the user's handler, whose errors come as
+                # replies): fail its items with the cause rather than hang.
+                for b in batches:
+                    self._fail_batch(b, exc, out=deliveries)
+            more = bool(actor.ready or actor.barriers)
+        self._flush(deliveries)
+        if isinstance(exc, _ACTOR_GONE):
+            self._loop.call_soon_threadsafe(self._loop.create_task, self._recover(actor, exc))
+        elif more:
+            self._loop.call_soon_threadsafe(self._kick_locked, actor)
 
-    def _on_reply(self, sid: int, seq: int, outputs: Any, failures: list[ItemFailure]) -> None:
+    def _on_reply(
+        self,
+        sid: int,
+        seq: int,
+        outputs: Any,
+        failures: list[ItemFailure],
+        out: list[_Delivery] | None = None,
+    ) -> None:
         st = self._shards[sid]
         batch = st.unacked.pop(seq, None)
         if batch is None:
@@ -342,23 +391,46 @@ class Core:
                     if f is not None:
                         err = TaskError(sid, seg.key_at(i), f.exception(), f.traceback)
                         seg_failures.append((i, err))
-            self._deliver(seg, outputs[off : off + n], seg_failures, sid)
+            self._deliver(seg, outputs[off : off + n], seg_failures, sid, out)
             off += n
 
-    def _deliver(self, seg: Segment, outputs: Any, failures: Failures, sid: int) -> None:
-        n = len(seg)
+    def _deliver(
+        self,
+        seg: Segment,
+        outputs: Any,
+        failures: Failures,
+        sid: int,
+        out: list[_Delivery] | None = None,
+    ) -> None:
+        """Count a segment as finished and hand it to its sink (now, or via ``out``)."""
         st = self._shards[sid]
-        st.items += n
+        st.items += len(seg)
         st.errors += len(failures)
-        self._actors[st.actor].outstanding -= n
-        try:
-            seg.sink.deliver(seg, outputs, failures)
-        finally:
-            self._outstanding -= n
-            if self._outstanding == 0:
-                self._idle.set()
+        self._actors[st.actor].outstanding -= len(seg)
+        if out is not None:
+            out.append((seg, outputs, failures))
+        else:
+            self._flush([(seg, outputs, failures)])
 
-    def _fail_batch(self, batch: _Batch, exc: BaseException) -> None:
+    def _flush(self, deliveries: list[_Delivery]) -> None:
+        """Run sink deliveries (outside the lock when possible), then count them done."""
+        n = 0
+        try:
+            for seg, outputs, failures in deliveries:
+                n += len(seg)
+                seg.sink.deliver(seg, outputs, failures)
+        finally:
+            if n:
+                with self._lock:
+                    self._outstanding -= n
+                    if self._outstanding == 0:
+                        with self._idle:
+                            self._idle_gen += 1
+                            self._idle.notify_all()
+
+    def _fail_batch(
+        self, batch: _Batch, exc: BaseException, out: list[_Delivery] | None = None
+    ) -> None:
         st = self._shards[batch.shard_id]
         if st.unacked.pop(batch.seq, None) is None:
             return
@@ -370,7 +442,7 @@ class Core:
                 else:
                     tb = ItemFailure.capture(i, exc).traceback
                     errs.append((i, TaskError(batch.shard_id, seg.key_at(i), exc, tb)))
-            self._deliver(seg, [None] * len(seg), errs, batch.shard_id)
+            self._deliver(seg, [None] * len(seg), errs, batch.shard_id, out)
 
     def _queue_barrier(self, sid: int) -> None:
         st = self._shards[sid]
@@ -379,10 +451,11 @@ class Core:
         barrier = _Batch(sid, st.next_seq, [], SNAPSHOT_BARRIER)
         st.next_seq += 1
         st.unacked[barrier.seq] = barrier
+        # Sent by the next kick (on the loop); while recovering, resent with the other
+        # unacked batches instead.
         actor = self._actors[st.actor]
-        if actor.recovering:
-            return  # resent with the other unacked batches
-        self._send(actor, [barrier])
+        if not actor.recovering:
+            actor.barriers.append(barrier)
 
     # --- failures -------------------------------------------------------------------------
 
@@ -422,10 +495,12 @@ class Core:
         return True
 
     async def _recover(self, actor: _ActorSlot, exc: BaseException) -> None:
-        if actor.recovering:
-            return
-        actor.recovering = True
-        actor.restarts += 1
+        with self._lock:
+            if actor.recovering:
+                return
+            actor.recovering = True
+            actor.restarts += 1
+            actor.barriers.clear()  # unacked barriers are resent with the rest
         log.warning("shard actor %d died (%s); recovering its shards", actor.index, exc)
         try:
             if actor.restarts > self._max_retries:
@@ -434,45 +509,62 @@ class Core:
                     f"{self._max_retries}); last cause: {exc}"
                 )
             await self._wait_alive(actor)
-            states: dict[int, tuple[Any, int]] = {}
-            resend: list[list[_Batch]] = []
-            for sid in actor.shards:
-                st = self._shards[sid]
-                pending = sorted(st.unacked.values(), key=lambda b: b.seq)
-                if self._stateful and self._checkpoint_every is not None:
-                    state, seq = st.snapshot if st.snapshot else (None, 0)
-                    chain = [b for b in st.replay if b.seq >= seq] + pending
-                elif self._stateful:
-                    raise ActorLostError(
-                        f"actor {actor.index} died and checkpoint_every is off: the state of "
-                        f"shards {actor.shards} cannot be rebuilt; last cause: {exc}"
-                    )
-                else:
-                    state, seq = None, pending[0].seq if pending else st.next_seq
-                    chain = pending
-                states[sid] = (state, seq)
-                for i, b in enumerate(chain):
-                    if i == len(resend):
-                        resend.append([])
-                    resend[i].append(b)
+            self._lock.acquire()
+            try:
+                states, resend = self._recovery_plan(actor, exc)
+            finally:
+                self._lock.release()
             await actor.handle.host_shards.remote(actor.shards, states)
         except Exception as err:
             lost = err if isinstance(err, ShardyardError) else ActorLostError(str(err))
-            for sid in actor.shards:
-                st = self._shards[sid]
-                for b in sorted(st.unacked.values(), key=lambda b: b.seq):
-                    self._fail_batch(b, lost)
-                while st.queue:
-                    seg = st.queue.popleft()
-                    st.queued -= len(seg)
-                    self._deliver(seg, [None] * len(seg), [(i, lost) for i in range(len(seg))], sid)
-            actor.ready.clear()
-            actor.recovering = False
+            with self._lock:
+                self._fail_actor(actor, lost)
             return
+        with self._lock:
+            actor.recovering = False
+            for wave in resend:
+                self._send(actor, wave)
+            self._kick(actor)
+
+    def _recovery_plan(
+        self, actor: _ActorSlot, exc: BaseException
+    ) -> tuple[dict[int, tuple[Any, int]], list[list[_Batch]]]:
+        """Per shard: the state to restore and the batches to send again, in order."""
+        states: dict[int, tuple[Any, int]] = {}
+        resend: list[list[_Batch]] = []
+        for sid in actor.shards:
+            st = self._shards[sid]
+            pending = sorted(st.unacked.values(), key=lambda b: b.seq)
+            if self._stateful and self._checkpoint_every is not None:
+                state, seq = st.snapshot if st.snapshot else (None, 0)
+                chain = [b for b in st.replay if b.seq >= seq] + pending
+            elif self._stateful:
+                raise ActorLostError(
+                    f"actor {actor.index} died and checkpoint_every is off: the state of "
+                    f"shards {actor.shards} cannot be rebuilt; last cause: {exc}"
+                )
+            else:
+                state, seq = None, pending[0].seq if pending else st.next_seq
+                chain = pending
+            states[sid] = (state, seq)
+            for i, b in enumerate(chain):
+                if i == len(resend):
+                    resend.append([])
+                resend[i].append(b)
+        return states, resend
+
+    def _fail_actor(self, actor: _ActorSlot, lost: BaseException) -> None:
+        """Fail every unfinished item of ``actor``'s shards with ``lost``."""
+        for sid in actor.shards:
+            st = self._shards[sid]
+            for b in sorted(st.unacked.values(), key=lambda b: b.seq):
+                self._fail_batch(b, lost)
+            while st.queue:
+                seg = st.queue.popleft()
+                st.queued -= len(seg)
+                self._deliver(seg, [None] * len(seg), [(i, lost) for i in range(len(seg))], sid)
+        actor.ready.clear()
         actor.recovering = False
-        for wave in resend:
-            self._send(actor, wave)
-        self._kick(actor)
 
     async def _wait_alive(self, actor: _ActorSlot, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -491,16 +583,26 @@ class Core:
 
     # --- waiting ----------------------------------------------------------------------------
 
-    async def wait_idle(self) -> None:
-        """Wait until every item handed to the core has finished."""
+    def wait_idle(self) -> None:
+        """Block until every item handed to the core so far has finished."""
         while True:
-            self._drain()
-            if self._outstanding == 0 and not self._segment_inbox and not self._submit_inbox:
+            with self._lock:
+                idle = self._outstanding == 0 and not self._segment_inbox and not self._submit_inbox
+                generation = self._idle_gen
+            if idle:
                 return
-            await self._idle.wait()
+            self._wake()
+            with self._idle:
+                # The generation read under _lock closes the lost-wake-up window; the
+                # timeout only re-checks inboxes that filled meanwhile.
+                self._idle.wait_for(partial(_changed, self, generation), timeout=1.0)
 
     def stats(self) -> dict[str, Any]:
-        """Driver-side counters per shard and per actor (call on the core loop)."""
+        """Driver-side counters per shard and per actor."""
+        with self._lock:
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         return {
             "shards": [
                 {
@@ -525,6 +627,10 @@ class Core:
                 for a in self._actors
             ],
         }
+
+
+def _changed(core: Core, generation: int) -> bool:
+    return core._idle_gen != generation
 
 
 def _picklable(x: Any) -> bool:

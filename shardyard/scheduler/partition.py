@@ -24,6 +24,7 @@ from shardyard.sharding import ShardingStrategy, balancer
 
 __all__ = ["Partitioner"]
 
+_ZERO = np.zeros(1, dtype=np.int64)
 Groups = list[tuple[int, Any]]  # (shard id, int64 index array or slice into the chunk)
 
 
@@ -47,6 +48,7 @@ class Partitioner:
         actor_loads: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.strategy = strategy
+        self._assign_one = getattr(strategy, "assign_one", None)  # optional scalar fast path
         self._max_block = max_block
         num_actors = int(placement.max()) + 1
         # actor index -> its shard ids, and a rotating cursor over them
@@ -59,6 +61,9 @@ class Partitioner:
         """Groups of item indices per shard for a chunk of ``n`` items with ``keys``."""
         if keys is None:
             return self._keyless(n)
+        if n == 1 and self._assign_one is not None:
+            # One submitted item: a scalar path, numpy's per-call cost would dominate.
+            return [(self._assign_one(keys[0]), _ZERO)]
         shard_ids = self.strategy.assign(keys)
         return self.group(shard_ids)
 
@@ -78,6 +83,10 @@ class Partitioner:
 
     def _keyless(self, n: int) -> Groups:
         num_actors = len(self._actor_shards)
+        if n == 1:
+            return [
+                (self._next_shard(int(self._balancer.choose(self._loads(), 1)[0])), slice(0, 1))
+            ]
         blocks = max(1, -(-n // self._max_block))
         # Enough blocks that every actor gets a share of a big chunk.
         blocks = max(blocks, min(num_actors, n))
@@ -85,8 +94,12 @@ class Partitioner:
         actors = self._balancer.choose(self._loads().astype(np.float64), blocks).tolist()
         out: Groups = []
         for a, lo, hi in zip(actors, bounds[:-1], bounds[1:], strict=True):
-            shards = self._actor_shards[a]
-            sid = int(shards[self._cursor[a] % len(shards)])
-            self._cursor[a] += 1
-            out.append((sid, slice(lo, hi)))
+            out.append((self._next_shard(a), slice(lo, hi)))
         return out
+
+    def _next_shard(self, actor: int) -> int:
+        """The next of ``actor``'s shards, rotating."""
+        shards = self._actor_shards[actor]
+        sid = int(shards[self._cursor[actor] % len(shards)])
+        self._cursor[actor] += 1
+        return sid

@@ -210,7 +210,7 @@ class ShardPool:
     def wait(self) -> None:
         """Block until every item submitted so far has finished."""
         if self._core is not None:
-            self._core.call(self._core.wait_idle())
+            self._core.wait_idle()
 
     def close(self, wait: bool = True) -> None:
         """Finish (or abandon, ``wait=False``) outstanding work and stop the actors.
@@ -498,12 +498,7 @@ class ShardPool:
         Actors answer from their control concurrency group, so this works while they are
         busy; an actor that does not answer within ``timeout`` shows ``pid=None``.
         """
-        core = self._ensure_started()
-
-        async def snapshot() -> dict[str, Any]:
-            return core.stats()
-
-        driver = core.call(snapshot())
+        driver = self._ensure_started().stats()
         remote: list[dict[str, Any] | None] = []
         for a in self._actors:
             try:
@@ -568,9 +563,22 @@ class ShardPool:
             for value in values.tolist() if isinstance(values, np.ndarray) else values:
                 yield value
 
-    async def asubmit(self, item: Any, key: Any = None) -> Any:
-        """Submit one item and await its output."""
-        return await self.submit(item, key)
+    def asubmit(self, item: Any, key: Any = None) -> asyncio.Future[Any]:
+        """Submit one item from asyncio code; return an ``asyncio.Future`` of the running loop.
+
+        The futures are resolved a batch at a time on their loop, so ``asyncio.gather`` over
+        thousands of them stays cheap (``gather`` over ``submit``'s futures must wrap each in a
+        task). Never blocks the loop: ``max_pending_items`` does not apply here.
+
+        Example:
+            >>> async def main(pool):                               # doctest: +SKIP
+            ...     return await asyncio.gather(*(pool.asubmit(i, key=i) for i in range(3)))
+        """
+        core = self._core or self._ensure_started()
+        fut = asyncio.get_running_loop().create_future()
+        self._submit_sink.add_one(block=False)
+        core.push_submit(item, key, fut)
+        return fut
 
     async def aresults(self) -> dict[int, Any]:
         """``await`` twin of :meth:`results`."""

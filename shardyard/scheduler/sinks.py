@@ -12,6 +12,7 @@ Every item ends exactly once here: an output, or an exception in its place.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections import deque
@@ -152,10 +153,10 @@ class FutureSink(Sink):
         self.finished = 0  # written by the core thread only
         self.condition = threading.Condition()  # shared by all futures of the pool
 
-    def add_one(self) -> None:
-        """Count one more submitted item, blocking first while at capacity."""
+    def add_one(self, block: bool = True) -> None:
+        """Count one more submitted item, blocking first while at capacity (if ``block``)."""
         ticket = next(self._tickets)
-        if ticket - self.finished >= self._max_pending:
+        if block and ticket - self.finished >= self._max_pending:
             with self._cond:
                 self._blocked += 1
                 while ticket - self.finished >= self._max_pending:
@@ -164,8 +165,40 @@ class FutureSink(Sink):
 
     def deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
         values = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
-        resolve_many(self.condition, seg.ref, values, dict(failures) if failures else None)
+        errors = dict(failures) if failures else None
+        futures = seg.ref
+        aio = [i for i, f in enumerate(futures) if isinstance(f, asyncio.Future)]
+        if not aio:
+            resolve_many(self.condition, futures, values, errors)
+        else:
+            # asyncio futures (from asubmit) resolve on their own loop: one hop per loop.
+            by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
+            for i in aio:
+                by_loop.setdefault(futures[i].get_loop(), []).append(i)
+            for loop, idx in by_loop.items():
+                picked = [(futures[i], values[i], errors.get(i) if errors else None) for i in idx]
+                loop.call_soon_threadsafe(_resolve_asyncio, picked)
+            if len(aio) < len(futures):
+                rest = [
+                    i for i in range(len(futures)) if not isinstance(futures[i], asyncio.Future)
+                ]
+                resolve_many(
+                    self.condition,
+                    [futures[i] for i in rest],
+                    [values[i] for i in rest],
+                    {k: errors[i] for k, i in enumerate(rest) if i in errors} if errors else None,
+                )
         self.finished += len(seg)
         if self._blocked:
             with self._cond:
                 self._cond.notify_all()
+
+
+def _resolve_asyncio(picked: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, exc in picked:
+        if fut.done():
+            continue  # cancelled meanwhile
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)

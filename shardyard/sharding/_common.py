@@ -79,6 +79,20 @@ class HashedStrategy:
     def assign_hashes(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         raise NotImplementedError
 
+    def assign_one(self, key: Any) -> int:
+        """The shard id of one key; equals ``int(assign([key])[0])``.
+
+        Subclasses override it with a scalar path where numpy's per-call cost would dominate
+        (a single ``submit`` to an idle pool).
+        """
+        from shardyard.sharding.hashing import stable_hash_one
+
+        return self.assign_hash_one(stable_hash_one(key))
+
+    def assign_hash_one(self, h: int) -> int:
+        """The shard id of one 64-bit hash (Python int)."""
+        return int(self.assign_hashes(np.array([h], dtype=np.uint64))[0])
+
     def with_num_shards(self, num_shards: int) -> Any:
         """Return a strategy of the same kind and options over ``num_shards`` shards."""
         return type(self)(num_shards, **self.options.model_dump())

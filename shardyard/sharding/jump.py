@@ -122,3 +122,20 @@ class JumpStrategy(HashedStrategy):
             [6]
         """
         return jump_hash(hashes, self._num_shards)
+
+    def assign_hash_one(self, h: int) -> int:
+        """Jump hash of one hash in pure Python, bit-identical to :func:`jump_hash`.
+
+        Example:
+            >>> JumpStrategy(10).assign_hash_one(1)
+            6
+        """
+        n = self._num_shards
+        k, b, j = h, 0, 0.0
+        while True:
+            k = (k * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+            # Same float64 operations, in the same order, as the vectorised loop.
+            j = (_TWO31 / (float(k >> 33) + 1.0)) * (b + 1)
+            if not j < n:
+                return b
+            b = int(j)

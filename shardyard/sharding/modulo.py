@@ -47,3 +47,7 @@ class HashStrategy(HashedStrategy):
         h = as_hashes(hashes)
         out = h % np.uint64(self._num_shards)
         return out.view(np.int64)
+
+    def assign_hash_one(self, h: int) -> int:
+        """``h % num_shards`` for one hash, in pure Python."""
+        return h % self._num_shards
