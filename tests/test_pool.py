@@ -261,3 +261,19 @@ def test_stats_report_shards_and_actors() -> None:
     assert {a.pid for a in stats.actors} != {None}
     assert sum(a.items for a in stats.actors) == 3000
     assert all(s.queue_depth == 0 for s in stats.shards)
+
+
+def _inplace_update(a: Counter[str], b: Counter[str]) -> Counter[str]:
+    a.update(b)
+    return a
+
+
+def test_reduce_with_an_in_place_combine_leaves_shard_state_alone() -> None:
+    words = list("abcd") * 10
+    with ShardPool(WordCount, num_actors=1, num_shards=4) as pool:
+        pool.map(words, keys=words)
+        first = pool.reduce(_inplace_update)
+        second = pool.reduce(_inplace_update)
+        partials = pool.results()
+    assert first == second == Counter(words)
+    assert sum(partials.values(), Counter()) == Counter(words)

@@ -171,8 +171,13 @@ class ShardActor:
         for sid in sorted(self._shards):
             h = self._shards[sid]
             part = h.instance.result() if isinstance(h.instance, Shard) else None
-            acc = part if first else combine(acc, part)
-            first = False
+            if first:
+                # A private copy: combine may update its first argument in place, and the
+                # first partial is live shard state.
+                acc = cloudpickle.loads(cloudpickle.dumps(part))
+                first = False
+            else:
+                acc = combine(acc, part)
         return acc
 
     @ray.method(concurrency_group=CONTROL_GROUP)

@@ -142,6 +142,7 @@ class Core:
         self._segment_inbox: deque[list[tuple[int, Segment]]] = deque()  # from map producers
         self._submit_inbox: deque[tuple[Any, Any, Any]] = deque()  # (item, key, future)
         self._wakeup_scheduled = False  # a drain is already scheduled on the loop
+        self._closing = False
         self._lock = threading.RLock()  # guards the dispatch state; see the module docstring
         self._outstanding = 0  # items received by the core and not yet finished
         self._idle = threading.Condition()  # notified when _outstanding drops to 0
@@ -163,6 +164,7 @@ class Core:
 
     def stop(self) -> None:
         """Stop the loop thread (pending work is abandoned; call ``wait_idle`` first)."""
+        self._closing = True  # actors are about to be killed: no recovery from here on
         if not self._thread.is_alive():
             return
 
@@ -353,7 +355,8 @@ class Core:
             more = bool(actor.ready or actor.barriers)
         self._flush(deliveries)
         if isinstance(exc, _ACTOR_GONE):
-            self._loop.call_soon_threadsafe(self._loop.create_task, self._recover(actor, exc))
+            if not self._closing:
+                self._loop.call_soon_threadsafe(self._start_recovery, actor, exc)
         elif more:
             self._loop.call_soon_threadsafe(self._kick_locked, actor)
 
@@ -493,6 +496,10 @@ class Core:
             return False
         self._send(actor, batches)
         return True
+
+    def _start_recovery(self, actor: _ActorSlot, exc: BaseException) -> None:
+        if not self._closing:
+            self._loop.create_task(self._recover(actor, exc))
 
     async def _recover(self, actor: _ActorSlot, exc: BaseException) -> None:
         with self._lock:
