@@ -47,7 +47,7 @@ def test_least_loaded_keyless_prefers_idle_actor() -> None:
         placement,
         max_block=10,
         keyless="least_loaded",
-        actor_loads=lambda: np.array([1000, 0]),
+        actor_loads=lambda: [1000, 0],
     )
     assert {sid for sid, _ in p.split(10, None)} == {1}
 

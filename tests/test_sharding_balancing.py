@@ -96,3 +96,13 @@ def test_invalid_inputs(name: str) -> None:
 def test_unknown_option_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         balancer("power_of_two", sed=1)
+
+
+def test_choose_one_agrees_with_choose() -> None:
+    from shardyard.sharding.balancing import LeastLoaded, PowerOfTwoChoices, RoundRobin
+
+    rr_a, rr_b = RoundRobin(), RoundRobin()
+    assert [rr_a.choose_one([0, 0, 0]) for _ in range(5)] == rr_b.choose([0, 0, 0], 5).tolist()
+    assert LeastLoaded().choose_one([3, 1, 1]) == LeastLoaded().choose([3, 1, 1]).tolist()[0]
+    p2c = PowerOfTwoChoices(seed=3)
+    assert {p2c.choose_one([0, 100]) for _ in range(50)} == {0}

@@ -69,6 +69,16 @@ _Delivery = tuple[Segment, Any, Failures]  # (segment, its outputs, its failures
 
 
 @dataclass(slots=True)
+class _Call:
+    """One Ray call in flight: its batches, and whether its outcome was handled."""
+
+    actor: _ActorSlot
+    batches: list[_Batch]
+    ref: Any  # the ObjectRef, kept alive until the outcome is handled
+    handled: bool = False
+
+
+@dataclass(slots=True)
 class _ShardState:
     actor: int
     queue: deque[Segment] = field(default_factory=deque)  # segments not yet batched
@@ -182,9 +192,9 @@ class Core:
             if not self._thread.is_alive():
                 self._loop.close()
 
-    def actor_loads(self) -> np.ndarray:
+    def actor_loads(self) -> list[int]:
         """Unfinished items per actor (read racily from producer threads: a hint)."""
-        return np.fromiter((a.outstanding for a in self._actors), np.int64, len(self._actors))
+        return [a.outstanding for a in self._actors]
 
     # --- producer side (any thread) ---------------------------------------------------------
 
@@ -330,27 +340,30 @@ class Core:
                 return
             raise
         actor.inflight += 1
+        call = _Call(actor, batches, ref)
         # Handled on Ray's completion-callback thread (see the module docstring).
-        ref.future().add_done_callback(lambda done: self._on_call_done(actor, batches, done, ref))
+        ref.future().add_done_callback(partial(self._on_call_future, call))
 
-    def _on_call_done(
-        self,
-        actor: _ActorSlot,
-        batches: list[_Batch],
-        done: concurrent.futures.Future[Any],
-        ref: Any,  # kept alive until the reply is handled
-    ) -> None:
-        deliveries: list[_Delivery] = []
+    def _on_call_future(self, call: _Call, done: concurrent.futures.Future[Any]) -> None:
         exc = done.exception()
+        self._on_call_done(call, None if exc is not None else done.result(), exc)
+
+    def _on_call_done(self, call: _Call, replies: Any, exc: BaseException | None) -> None:
+        """Handle a call's outcome, once."""
+        deliveries: list[_Delivery] = []
+        actor = call.actor
         with self._lock:
+            if call.handled:
+                return
+            call.handled = True
             actor.inflight -= 1
             if exc is None:
-                for sid, seq, outputs, failures in done.result():
+                for sid, seq, outputs, failures in replies:
                     self._on_reply(sid, seq, outputs, failures, out=deliveries)
             elif not isinstance(exc, _ACTOR_GONE):
                 # The call itself failed (not the user's handler, whose errors come as
                 # replies): fail its items with the cause rather than hang.
-                for b in batches:
+                for b in call.batches:
                     self._fail_batch(b, exc, out=deliveries)
             more = bool(actor.ready or actor.barriers)
         self._flush(deliveries)

@@ -36,7 +36,8 @@ class Partitioner:
         placement: ``placement[shard_id]`` is the index of the actor hosting the shard.
         max_block: the largest keyless block (the pool's ``max_batch_size``).
         keyless: balancer name for keyless work.
-        actor_loads: returns the live load per actor (unfinished items), for balancing.
+        actor_loads: returns the live load per actor (unfinished items, a list), for
+            balancing.
     """
 
     def __init__(
@@ -45,7 +46,7 @@ class Partitioner:
         placement: np.ndarray,
         max_block: int,
         keyless: str = "round_robin",
-        actor_loads: Callable[[], np.ndarray] | None = None,
+        actor_loads: Callable[[], list[int]] | None = None,
     ) -> None:
         self.strategy = strategy
         self._assign_one = getattr(strategy, "assign_one", None)  # optional scalar fast path
@@ -55,7 +56,7 @@ class Partitioner:
         self._actor_shards = [np.flatnonzero(placement == a) for a in range(num_actors)]
         self._cursor = [0] * num_actors
         self._balancer = balancer(keyless)
-        self._loads = actor_loads or (lambda: np.zeros(num_actors, dtype=np.int64))
+        self._loads = actor_loads or (lambda: [0] * num_actors)
 
     def split(self, n: int, keys: Any) -> Groups:
         """Groups of item indices per shard for a chunk of ``n`` items with ``keys``."""
@@ -84,14 +85,12 @@ class Partitioner:
     def _keyless(self, n: int) -> Groups:
         num_actors = len(self._actor_shards)
         if n == 1:
-            return [
-                (self._next_shard(int(self._balancer.choose(self._loads(), 1)[0])), slice(0, 1))
-            ]
+            return [(self._next_shard(self._balancer.choose_one(self._loads())), slice(0, 1))]
         blocks = max(1, -(-n // self._max_block))
         # Enough blocks that every actor gets a share of a big chunk.
         blocks = max(blocks, min(num_actors, n))
         bounds = np.linspace(0, n, blocks + 1).astype(np.int64).tolist()
-        actors = self._balancer.choose(self._loads().astype(np.float64), blocks).tolist()
+        actors = self._balancer.choose(np.asarray(self._loads(), np.float64), blocks).tolist()
         out: Groups = []
         for a, lo, hi in zip(actors, bounds[:-1], bounds[1:], strict=True):
             out.append((self._next_shard(a), slice(lo, hi)))

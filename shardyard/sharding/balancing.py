@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -59,6 +61,10 @@ class Balancer(Protocol):
         """Return ``count`` target indices in ``[0, len(loads))``, in pick order."""
         ...
 
+    def choose_one(self, loads: Sequence[float]) -> int:
+        """One pick, in pure Python (for a single submitted item)."""
+        ...
+
 
 class RoundRobin:
     """Cycle through the targets in order, ignoring their loads.
@@ -88,6 +94,17 @@ class RoundRobin:
         out = (self._next + np.arange(count, dtype=np.int64)) % n
         self._next = (self._next + count) % n
         return out
+
+    def choose_one(self, loads: Sequence[float]) -> int:
+        """One pick in pure Python (the same cycle as :meth:`choose`).
+
+        Example:
+            >>> RoundRobin(start=1).choose_one([0, 0])
+            1
+        """
+        i = self._next % len(loads)
+        self._next = (i + 1) % len(loads)
+        return i
 
 
 def water_fill(loads: npt.ArrayLike, count: int) -> npt.NDArray[np.int64]:
@@ -157,6 +174,15 @@ class LeastLoaded:
         """
         return water_fill(loads, count)
 
+    def choose_one(self, loads: Sequence[float]) -> int:
+        """The least-loaded target (lowest index on ties), in pure Python.
+
+        Example:
+            >>> LeastLoaded().choose_one([3, 1, 1])
+            1
+        """
+        return min(range(len(loads)), key=loads.__getitem__)
+
 
 class PowerOfTwoChoices:
     """For each item sample two distinct targets and take the less loaded one.
@@ -177,6 +203,20 @@ class PowerOfTwoChoices:
 
     def __init__(self, seed: int | None = None) -> None:
         self._rng = np.random.default_rng(seed)
+        self._py_rng = random.Random(seed)  # for choose_one: numpy per call costs more
+
+    def choose_one(self, loads: Sequence[float]) -> int:
+        """The less loaded of two random distinct targets, in pure Python.
+
+        Example:
+            >>> PowerOfTwoChoices(seed=1).choose_one([5, 0])
+            1
+        """
+        n = len(loads)
+        if n == 1:
+            return 0
+        first, second = self._py_rng.sample(range(n), 2)
+        return second if loads[second] < loads[first] else first
 
     def choose(self, loads: npt.ArrayLike, count: int = 1) -> npt.NDArray[np.int64]:
         """Return ``count`` targets, each the less loaded of two random distinct targets.
