@@ -135,7 +135,10 @@ class PoolConfig(_ConfigBase):
         num_shards: logical shards; ``None`` means 8 per actor.
         strategy: key -> shard strategy name (see :func:`shardyard.sharding.strategy`).
         strategy_options: options of that strategy, validated by its options model.
-        keyless: how keyless items are spread over shards.
+        keyless: how keyless items reach actors: ``"pull"`` (a shared queue that each actor
+            takes from when it has room, in shrinking pieces: dynamic load balancing), or a
+            balancer that pushes them on arrival (``"round_robin"``, ``"least_loaded"``,
+            ``"power_of_two"`` on live load).
         max_batch_size: at most this many items of one shard go in one batch.
         max_batch_wait_s: how long a partly filled batch may wait for more items while its
             actor has capacity (the semantics of Ray Serve's ``batch_wait_timeout_s``);
@@ -158,7 +161,7 @@ class PoolConfig(_ConfigBase):
     num_shards: int | None = Field(default=None, ge=1, le=1 << 20)
     strategy: str = "jump"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
-    keyless: Literal["round_robin", "least_loaded", "power_of_two"] = "round_robin"
+    keyless: Literal["pull", "round_robin", "least_loaded", "power_of_two"] = "pull"
     max_batch_size: int = Field(default=1024, ge=1, le=1 << 24)
     max_batch_wait_s: float = Field(default=0.0, ge=0.0, le=60.0)
     max_inflight_per_actor: int = Field(default=2, ge=1, le=1024)

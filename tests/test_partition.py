@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shardyard.scheduler.partition import Partitioner
+from shardyard.scheduler.partition import PULL, Partitioner
 from shardyard.scheduler.segments import Segment, concat_items
 from shardyard.sharding import strategy
 
@@ -31,13 +31,18 @@ def test_keyed_split_matches_strategy() -> None:
 
 def test_keyless_blocks_cover_the_chunk_and_use_every_actor() -> None:
     placement = np.array([0, 0, 1, 1])
-    p = Partitioner(strategy("hash", 4), placement, max_block=10)
+    p = Partitioner(strategy("hash", 4), placement, max_block=10, keyless="round_robin")
     groups = p.split(95, None)
     covered = sorted(i for _, sl in groups for i in range(sl.start, sl.stop))
     assert covered == list(range(95))
     assert all(sl.stop - sl.start <= 10 for _, sl in groups)
     actors = {int(placement[sid]) for sid, _ in groups}
     assert actors == {0, 1}
+
+
+def test_pull_policy_leaves_keyless_work_to_the_dispatcher() -> None:
+    p = Partitioner(strategy("hash", 4), np.array([0, 0, 1, 1]), max_block=10)
+    assert p.split(95, None) == [(PULL, slice(0, 95))]
 
 
 def test_least_loaded_keyless_prefers_idle_actor() -> None:

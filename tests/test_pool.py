@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import operator
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from shardyard import PoolClosedError, SerializationError, Shard, ShardPool, TaskError
+from shardyard import PoolClosedError, SerializationError, Shard, ShardPool, TaskError, place
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -277,3 +278,23 @@ def test_reduce_with_an_in_place_combine_leaves_shard_state_alone() -> None:
         partials = pool.results()
     assert first == second == Counter(words)
     assert sum(partials.values(), Counter()) == Counter(words)
+
+
+SLOW_ACTOR_SHARDS = {s for s, a in place(8, [0, 1]).items() if a == 0}
+
+
+class UnevenActors(Shard):
+    """Items take 20x longer on actor 0's shards than on actor 1's."""
+
+    def process_item(self, item: int) -> int:
+        time.sleep(0.02 if self.shard_id in SLOW_ACTOR_SHARDS else 0.001)
+        return item
+
+
+def test_keyless_work_is_pulled_by_the_actor_with_room() -> None:
+    with ShardPool(UnevenActors, num_actors=2, num_shards=8, max_batch_size=4) as pool:
+        assert pool.map(range(300)) == list(range(300))
+        stats = pool.stats()
+    fast = sum(s.items for s in stats.shards if s.shard_id not in SLOW_ACTOR_SHARDS)
+    # Pushed evenly, each actor would get 150; pulled, the fast actor takes most of it.
+    assert fast > 225, fast

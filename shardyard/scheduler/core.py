@@ -42,7 +42,7 @@ from shardyard.actors.handler import ItemFailure
 from shardyard.actors.shard_actor import SNAPSHOT_BARRIER
 from shardyard.errors import ActorLostError, SerializationError, ShardyardError, TaskError
 from shardyard.scheduler.futures import ShardFuture
-from shardyard.scheduler.partition import Partitioner
+from shardyard.scheduler.partition import PULL, Partitioner
 from shardyard.scheduler.segments import Segment, concat_items
 from shardyard.scheduler.sinks import Failures, FutureSink
 
@@ -101,6 +101,7 @@ class _ActorSlot:
     shards: list[int]
     ready: set[int] = field(default_factory=set)  # shards with queued items
     barriers: list[_Batch] = field(default_factory=list)  # snapshot barriers to send
+    pull_cursor: int = 0  # rotates keyless batches over this actor's shards
     inflight: int = 0  # Ray calls in flight
     outstanding: int = 0  # items queued or in flight on this actor
     recovering: bool = False
@@ -154,6 +155,8 @@ class Core:
         self._wakeup_scheduled = False  # a drain is already scheduled on the loop
         self._closing = False
         self._lock = threading.RLock()  # guards the dispatch state; see the module docstring
+        self._pull_queue: deque[Segment] = deque()  # keyless segments, pulled by actors
+        self._pull_queued = 0  # items in _pull_queue
         self._outstanding = 0  # items received by the core and not yet finished
         self._idle = threading.Condition()  # notified when _outstanding drops to 0
         self._idle_gen = 0  # bumped (under _lock and _idle) each time the core goes idle
@@ -274,13 +277,19 @@ class Core:
             self._enqueue(sid, seg, touched)
 
     def _enqueue(self, sid: int, seg: Segment, touched: set[int]) -> None:
+        self._outstanding += len(seg)
+        if sid == PULL:
+            # Keyless work waits in one queue; actors pull from it as they have room.
+            self._pull_queue.append(seg)
+            self._pull_queued += len(seg)
+            touched.update(range(len(self._actors)))
+            return
         st = self._shards[sid]
         st.queue.append(seg)
         st.queued += len(seg)
         actor = self._actors[st.actor]
         actor.ready.add(sid)
         actor.outstanding += len(seg)
-        self._outstanding += len(seg)
         touched.add(st.actor)
 
     def _kick_locked(self, actor: _ActorSlot) -> None:
@@ -292,13 +301,41 @@ class Core:
         if actor.barriers and not actor.recovering:
             barriers, actor.barriers = actor.barriers, []
             self._send(actor, barriers)
-        while actor.ready and actor.inflight < self._max_inflight and not actor.recovering:
+        while (
+            (actor.ready or self._pull_queued)
+            and actor.inflight < self._max_inflight
+            and not actor.recovering
+        ):
             if self._max_wait > 0 and self._should_hold(actor):
                 return
             self._first_wait.pop(actor.index, None)
             batches = [self._cut(sid) for sid in sorted(actor.ready)]
             actor.ready = {sid for sid in actor.ready if self._shards[sid].queued}
+            if self._pull_queued:
+                batches += self._pull(actor)
             self._send(actor, batches)
+
+    def _pull(self, actor: _ActorSlot) -> list[_Batch]:
+        """Keyless batches for ``actor`` from the pull queue (guided self-scheduling).
+
+        Each call takes a share of what is left, ``remaining / (2 * actors * in-flight)``,
+        at least one item: large pieces while the queue is long (few calls), small ones at
+        the tail, so a slow or busy actor is not left holding the last big piece.
+        """
+        share = -(-self._pull_queued // (2 * len(self._actors) * self._max_inflight))
+        take = min(self._pull_queued, max(1, share), self._max_batch * len(actor.shards))
+        batches: list[_Batch] = []
+        while take > 0:
+            sid = actor.shards[actor.pull_cursor % len(actor.shards)]
+            actor.pull_cursor += 1
+            room = min(take, self._max_batch)
+            segments = _take_items(self._pull_queue, room)
+            n = sum(len(s) for s in segments)
+            self._pull_queued -= n
+            actor.outstanding += n
+            take -= n
+            batches.append(self._new_batch(sid, segments))
+        return batches
 
     def _should_hold(self, actor: _ActorSlot) -> bool:
         # Ray Serve's batch_wait_timeout_s: a partly filled batch waits a little for more.
@@ -315,17 +352,13 @@ class Core:
     def _cut(self, sid: int) -> _Batch:
         """The next batch of shard ``sid``: up to ``max_batch_size`` items from its queue."""
         st = self._shards[sid]
-        room = self._max_batch
-        segments: list[Segment] = []
-        while st.queue and room > 0:
-            seg = st.queue[0]
-            if len(seg) <= room:
-                st.queue.popleft()
-            else:
-                seg, st.queue[0] = seg.split(room)
-            segments.append(seg)
-            room -= len(seg)
-        st.queued -= self._max_batch - room
+        segments = _take_items(st.queue, self._max_batch)
+        st.queued -= sum(len(s) for s in segments)
+        return self._new_batch(sid, segments)
+
+    def _new_batch(self, sid: int, segments: list[Segment]) -> _Batch:
+        """Number ``segments`` as the next batch of shard ``sid`` and mark it unacked."""
+        st = self._shards[sid]
         batch = _Batch(sid, st.next_seq, segments, concat_items(segments))
         st.next_seq += 1
         st.unacked[batch.seq] = batch
@@ -365,7 +398,7 @@ class Core:
                 # replies): fail its items with the cause rather than hang.
                 for b in call.batches:
                     self._fail_batch(b, exc, out=deliveries)
-            more = bool(actor.ready or actor.barriers)
+            more = bool(actor.ready or actor.barriers or self._pull_queued)
         self._flush(deliveries)
         if isinstance(exc, _ACTOR_GONE):
             if not self._closing:
@@ -624,6 +657,7 @@ class Core:
 
     def _stats(self) -> dict[str, Any]:
         return {
+            "pull_queued": self._pull_queued,
             "shards": [
                 {
                     "shard_id": sid,
@@ -647,6 +681,20 @@ class Core:
                 for a in self._actors
             ],
         }
+
+
+def _take_items(queue: deque[Segment], room: int) -> list[Segment]:
+    """Up to ``room`` items from the front of ``queue``, splitting a segment if needed."""
+    segments: list[Segment] = []
+    while queue and room > 0:
+        seg = queue[0]
+        if len(seg) <= room:
+            queue.popleft()
+        else:
+            seg, queue[0] = seg.split(room)
+        segments.append(seg)
+        room -= len(seg)
+    return segments
 
 
 def _changed(core: Core, generation: int) -> bool:

@@ -22,7 +22,9 @@ import numpy as np
 
 from shardyard.sharding import ShardingStrategy, balancer
 
-__all__ = ["Partitioner"]
+PULL = -1  # shard id of keyless groups for the dispatcher's pull queue
+
+__all__ = ["PULL", "Partitioner"]
 
 _ZERO = np.zeros(1, dtype=np.int64)
 Groups = list[tuple[int, Any]]  # (shard id, int64 index array or slice into the chunk)
@@ -35,7 +37,8 @@ class Partitioner:
         strategy: key -> shard strategy.
         placement: ``placement[shard_id]`` is the index of the actor hosting the shard.
         max_block: the largest keyless block (the pool's ``max_batch_size``).
-        keyless: balancer name for keyless work.
+        keyless: ``"pull"`` (keyless work goes to a queue that actors pull from), or a
+            balancer name that pushes it to actors by load.
         actor_loads: returns the live load per actor (unfinished items, a list), for
             balancing.
     """
@@ -45,7 +48,7 @@ class Partitioner:
         strategy: ShardingStrategy,
         placement: np.ndarray,
         max_block: int,
-        keyless: str = "round_robin",
+        keyless: str = "pull",
         actor_loads: Callable[[], list[int]] | None = None,
     ) -> None:
         self.strategy = strategy
@@ -55,7 +58,9 @@ class Partitioner:
         # actor index -> its shard ids, and a rotating cursor over them
         self._actor_shards = [np.flatnonzero(placement == a) for a in range(num_actors)]
         self._cursor = [0] * num_actors
-        self._balancer = balancer(keyless)
+        # "pull": no push decision here; the dispatcher hands keyless work to whichever
+        # actor has room (a balancer cannot foresee which actor frees up first).
+        self._balancer = None if keyless == "pull" else balancer(keyless)
         self._loads = actor_loads or (lambda: [0] * num_actors)
 
     def split(self, n: int, keys: Any) -> Groups:
@@ -84,6 +89,8 @@ class Partitioner:
 
     def _keyless(self, n: int) -> Groups:
         num_actors = len(self._actor_shards)
+        if self._balancer is None:
+            return [(PULL, slice(0, n))]  # actors pull keyless work as they have room
         if n == 1:
             return [(self._next_shard(self._balancer.choose_one(self._loads())), slice(0, 1))]
         blocks = max(1, -(-n // self._max_block))

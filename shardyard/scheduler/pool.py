@@ -536,7 +536,7 @@ class ShardPool:
                     restarts=a["restarts"],
                 )
             )
-        return PoolStats(shards=shards, actors=actors)
+        return PoolStats(shards=shards, actors=actors, keyless_queued=driver["pull_queued"])
 
     # --- asyncio twins ------------------------------------------------------------------------
 

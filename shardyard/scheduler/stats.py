@@ -69,12 +69,14 @@ class PoolStats(BaseModel):
     Attributes:
         shards: one entry per logical shard.
         actors: one entry per actor.
+        keyless_queued: keyless items waiting for an actor to pull them.
     """
 
     model_config = ConfigDict(frozen=True)
 
     shards: list[ShardStats]
     actors: list[ActorStats]
+    keyless_queued: int = 0
 
     @property
     def items(self) -> int:
