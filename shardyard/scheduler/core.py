@@ -318,11 +318,12 @@ class Core:
     def _pull(self, actor: _ActorSlot) -> list[_Batch]:
         """Keyless batches for ``actor`` from the pull queue (guided self-scheduling).
 
-        Each call takes a share of what is left, ``remaining / (2 * actors * in-flight)``,
-        at least one item: large pieces while the queue is long (few calls), small ones at
-        the tail, so a slow or busy actor is not left holding the last big piece.
+        Each call takes a share of what is left, ``remaining / (actors * in-flight)``, at
+        least one item and at most one full batch per shard of the actor: large pieces while
+        the queue is long (few calls), small ones at the tail, so a slow or busy actor is
+        not left holding the last big piece.
         """
-        share = -(-self._pull_queued // (2 * len(self._actors) * self._max_inflight))
+        share = -(-self._pull_queued // (len(self._actors) * self._max_inflight))
         take = min(self._pull_queued, max(1, share), self._max_batch * len(actor.shards))
         batches: list[_Batch] = []
         while take > 0:
