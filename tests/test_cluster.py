@@ -32,20 +32,24 @@ def test_token_authentication_stays_on(ray_local: shardyard.ClusterInfo) -> None
     assert is_token_auth_enabled()
 
 
-def test_ray_daemons_listen_on_loopback_only(ray_local: shardyard.ClusterInfo) -> None:
-    # What listens where, measured: the gcs_server and raylet this process started.
-    daemons = [
-        p for p in psutil.Process().children(recursive=True) if p.name() in ("gcs_server", "raylet")
-    ]
-    assert {p.name() for p in daemons} == {"gcs_server", "raylet"}
-    listening = [
-        c.laddr.ip
-        for p in daemons
-        for c in p.net_connections(kind="tcp")
-        if c.status == psutil.CONN_LISTEN
-    ]
-    assert listening
-    assert all(_is_loopback(ip) for ip in listening), listening
+def test_ray_processes_listen_on_loopback_only(ray_local: shardyard.ClusterInfo) -> None:
+    # What listens where, measured: every process this embedded Ray started (gcs_server,
+    # raylet, agents, workers), and this driver itself.
+    with shardyard.ShardPool(abs, num_actors=2) as pool:
+        assert pool.map([-1, -2]) == [1, 2]  # workers up
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        names = {p.name() for p in procs}
+        assert {"gcs_server", "raylet"} <= names
+        listening = {
+            (p.name(), c.laddr.ip, c.laddr.port)
+            for p in procs
+            for c in p.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+    assert {name for name, _, _ in listening} >= {"gcs_server", "raylet"}
+    exposed = [entry for entry in listening if not _is_loopback(entry[1])]
+    assert not exposed, exposed
 
 
 def test_connect_is_idempotent(ray_local: shardyard.ClusterInfo) -> None:
