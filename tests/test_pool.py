@@ -70,6 +70,14 @@ def test_map_numpy_in_numpy_out_with_batched_handler() -> None:
     np.testing.assert_array_equal(out, arr * 2)
 
 
+def test_empty_inputs() -> None:
+    with ShardPool(lambda a: a + 1, batched=True, num_actors=1) as pool:
+        out = pool.map(np.arange(0))
+        assert isinstance(out, np.ndarray) and out.size == 0
+        assert pool.map([]) == []
+        assert list(pool.map_unordered(iter([]))) == []
+
+
 def test_keyed_map_keeps_order_and_affinity() -> None:
     keys = [f"user-{i % 37}" for i in range(3000)]
     with ShardPool(Recorder, num_actors=2, num_shards=8, max_batch_size=16) as pool:

@@ -366,6 +366,8 @@ class ShardPool:
         assert sink is not None
         if bar is not None:
             bar.close()
+        if isinstance(items, np.ndarray) and sink.submitted == 0:
+            return items[:0].copy()  # numpy in, numpy out, also when empty
         return _assemble(sink, isinstance(items, np.ndarray), return_exceptions)
 
     def map_unordered(
