@@ -10,7 +10,7 @@ import ray
 from ray import cloudpickle
 
 from shardyard.actors import Shard, remote_shard_actor
-from shardyard.actors.shard_actor import SNAPSHOT_BARRIER
+from shardyard.actors.shard_actor import SNAPSHOT_BARRIER, STALE
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -73,3 +73,13 @@ def test_snapshot_barrier_and_restore(actor: Any) -> None:
     ray.get(actor.host_shards.remote([0], {0: (frozen, 5)}))
     ray.get(actor.run.remote([(0, 5, ["c"])]))
     assert ray.get(actor.results.remote())[0] == ["restored", "c"]
+
+
+def test_batches_waiting_on_a_replaced_shard_answer_stale(actor: Any) -> None:
+    # As after a crash: a call for seq 3 reached a fresh instance before recovery placed the
+    # shard anew; it must answer (stale) rather than wait forever.
+    waiting = actor.run.remote([(0, 3, ["late"])])
+    ray.get(actor.host_shards.remote([0], {0: (None, 0)}))
+    reply = ray.get(waiting, timeout=30)
+    assert reply[0][:3] == (0, 3, STALE)
+    assert ray.get(actor.results.remote())[0] == []

@@ -25,21 +25,24 @@ from ray import cloudpickle
 from shardyard.actors.handler import ItemFailure, Outputs, run_batch
 from shardyard.actors.shard import Shard
 
-__all__ = ["CONTROL_GROUP", "SNAPSHOT_BARRIER", "ShardActor", "remote_shard_actor"]
+__all__ = ["CONTROL_GROUP", "SNAPSHOT_BARRIER", "STALE", "ShardActor", "remote_shard_actor"]
 
 CONTROL_GROUP = "control"
 # A batch payload that asks for the shard's snapshot at its place in the batch order (a
 # barrier, as in Flink's checkpoints), so the state matches exactly the batches before it.
 SNAPSHOT_BARRIER = "__shardyard_snapshot_barrier__"
+# The outputs of a reply for a batch that was waiting its turn when its shard was placed
+# anew (recovery): the driver ignores it and resends the batch to the new placement.
+STALE = "__shardyard_stale__"
 
-BatchReply = tuple[int, int, Outputs, list[ItemFailure]]
+BatchReply = tuple[int, int, Outputs | str, list[ItemFailure]]  # outputs, or STALE
 
 
 @dataclass
 class _HostedShard:
     instance: Any  # the Shard instance, or the shared plain function
     next_seq: int = 0  # sequence number of the next batch this shard may run
-    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)  # seq -> wake-up
+    waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # seq -> wake-up
     last_reply: BatchReply | None = None  # answered again if the driver resends a batch
     items: int = 0
     batches: int = 0
@@ -95,9 +98,10 @@ class ShardActor:
                 return hosted.last_reply
             raise RuntimeError(f"shard {shard_id}: batch {seq} was applied long ago")
         if seq > hosted.next_seq:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             hosted.waiters[seq] = waiter
-            await waiter
+            if await waiter:  # superseded: the shard was placed anew meanwhile
+                return (shard_id, seq, STALE, [])
         reply: BatchReply
         if isinstance(batch, str) and batch == SNAPSHOT_BARRIER:
             reply = (shard_id, seq, [_freeze(hosted.instance)], [])
@@ -113,14 +117,16 @@ class ShardActor:
         hosted.next_seq = seq + 1
         nxt = hosted.waiters.pop(hosted.next_seq, None)
         if nxt is not None:
-            nxt.set_result(None)
+            nxt.set_result(False)
         return reply
 
-    # --- placement (control) -------------------------------------------------------------------
+    # --- placement ----------------------------------------------------------------------------
 
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    def host_shards(self, shard_ids: list[int], states: dict[int, tuple[Any, int]]) -> None:
+    async def host_shards(self, shard_ids: list[int], states: dict[int, tuple[Any, int]]) -> None:
         """Place shards here: fresh (``setup``), then ``restore`` where ``states`` has a state.
+
+        Runs on the work loop (not the control group), so a shard is never replaced while
+        one of its batches is part-way through.
 
         Args:
             shard_ids: the shards to host (replacing any hosted instance of them).
@@ -132,6 +138,13 @@ class ShardActor:
 
     def _host(self, shard_ids: list[int], states: dict[int, tuple[Any, int]]) -> None:
         for sid in shard_ids:
+            old = self._shards.get(sid)
+            if old is not None:
+                # Batches still waiting for their turn on the old placement answer "stale"
+                # instead of hanging; the driver resends them.
+                for waiter in old.waiters.values():
+                    if not waiter.done():
+                        waiter.set_result(True)
             instance: Any = self._handler
             state, next_seq = states.get(sid, (None, 0))
             if isinstance(self._handler, type) and issubclass(self._handler, Shard):

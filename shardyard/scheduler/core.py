@@ -39,7 +39,7 @@ from ray import cloudpickle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from shardyard.actors.handler import ItemFailure
-from shardyard.actors.shard_actor import SNAPSHOT_BARRIER
+from shardyard.actors.shard_actor import SNAPSHOT_BARRIER, STALE
 from shardyard.errors import ActorLostError, SerializationError, ShardyardError, TaskError
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import PULL, Partitioner
@@ -415,6 +415,8 @@ class Core:
         failures: list[ItemFailure],
         out: list[_Delivery] | None = None,
     ) -> None:
+        if isinstance(outputs, str) and outputs == STALE:
+            return  # waited on a placement that recovery replaced; resent there
         st = self._shards[sid]
         batch = st.unacked.pop(seq, None)
         if batch is None:
