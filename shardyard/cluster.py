@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,8 @@ __all__ = ["ClusterInfo", "connect", "disconnect"]
 
 _LOOPBACK = "127.0.0.1"
 _started_here = False  # whether shardyard started the Ray it is connected to
+_connect_lock = threading.Lock()  # one ray.init per process, whichever thread asks first
+_owner_release: threading.Event | None = None  # set to end the thread that started Ray
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,12 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
         >>> info.embedded                    # doctest: +SKIP
         True
     """
+    with _connect_lock:
+        return _connect(address, config or ClusterConfig())
+
+
+def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
     global _started_here
-    cfg = config or ClusterConfig()
     if ray.is_initialized():
         return _info(_started_here)
     target = address or cfg.address or os.environ.get("RAY_ADDRESS") or "local"
@@ -110,7 +118,8 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
     if target == "local":
         # An explicit address must not be overridden by a RAY_ADDRESS the user exported.
         saved_env = os.environ.pop("RAY_ADDRESS", None)
-        try:
+
+        def start() -> None:
             with _loopback_node_ip():
                 ray.init(
                     address="local",
@@ -119,6 +128,12 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
                     num_cpus=cfg.num_cpus,
                     **common,
                 )
+
+        try:
+            if threading.current_thread() is threading.main_thread():
+                start()
+            else:
+                _start_on_owner_thread(start)
         finally:
             if saved_env is not None:
                 os.environ["RAY_ADDRESS"] = saved_env
@@ -129,13 +144,47 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
     return _info(False)
 
 
+def _start_on_owner_thread(start: Callable[[], None]) -> None:
+    """Run ``start`` (``ray.init``) on a thread that outlives the caller's.
+
+    Ray starts gcs_server and raylet with a parent-death signal, which Linux ties to the
+    thread that spawned them: started from a short-lived thread (``asyncio.to_thread``, a
+    worker thread), the embedded Ray would die with that thread. The owner thread sleeps
+    until ``disconnect()``.
+    """
+    global _owner_release
+    started = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def own() -> None:
+        try:
+            start()
+        except BaseException as exc:
+            errors.append(exc)
+            return
+        finally:
+            started.set()
+        release.wait()
+
+    threading.Thread(target=own, name="shardyard-ray-owner", daemon=True).start()
+    started.wait()
+    if errors:
+        raise errors[0]
+    _owner_release = release
+
+
 def disconnect() -> None:
     """Disconnect from Ray (and stop the embedded local Ray, if shardyard started it).
 
     Example:
         >>> disconnect()                     # doctest: +SKIP
     """
-    global _started_here
-    if ray.is_initialized():
-        ray.shutdown()
-    _started_here = False
+    global _started_here, _owner_release
+    with _connect_lock:
+        if ray.is_initialized():
+            ray.shutdown()
+        _started_here = False
+        if _owner_release is not None:
+            _owner_release.set()  # Ray's daemons are gone: the owner thread may end
+            _owner_release = None

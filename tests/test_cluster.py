@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
 
 import psutil
 import pytest
@@ -63,3 +64,14 @@ def test_cluster_config_rejects_unknown_fields() -> None:
     with pytest.raises(pydantic.ValidationError) as info:
         shardyard.ClusterConfig(adress="auto")  # type: ignore[call-arg]
     assert info.value.errors()[0]["loc"] == ("adress",)
+
+
+def test_ray_started_from_a_short_lived_thread_outlives_it(_ray_session: None) -> None:
+    # As with `async with ShardPool(...)` as the first use: connect() runs in a worker thread
+    # (asyncio.to_thread) that ends right after; Ray's daemons must not die with it.
+    shardyard.disconnect()
+    starter = threading.Thread(target=shardyard.connect)
+    starter.start()
+    starter.join()
+    assert ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60) == 42
+    assert ray.util.get_node_ip_address() == "127.0.0.1"

@@ -306,3 +306,88 @@ def test_keyless_work_is_pulled_by_the_actor_with_room() -> None:
     fast = sum(s.items for s in stats.shards if s.shard_id not in SLOW_ACTOR_SHARDS)
     # Pushed evenly, each actor would get 150; pulled, the fast actor takes most of it.
     assert fast > 225, fast
+
+
+def test_keys_of_the_wrong_length_are_refused_before_any_work() -> None:
+    with ShardPool(abs, num_actors=1) as pool:
+        for items, keys in [
+            (np.arange(10), [1, 2, 3]),
+            (np.arange(3), np.arange(10)),
+            ([1, 2, 3], [1]),
+            ([1, 2, 3], [1, 2, 3, 4]),
+        ]:
+            with pytest.raises(ValueError, match="keys"):
+                pool.map(items, keys=keys)
+        with pytest.raises(ValueError, match="shorter"):
+            pool.map(iter([1, 2, 3]), keys=iter([1]))
+        with pytest.raises(ValueError, match="longer"):
+            pool.map(iter([1, 2]), keys=iter([1, 2, 3]))
+        assert pool.map([-1, -2], keys=["a", "b"]) == [1, 2]  # the pool is still fine
+
+
+def test_submit_then_map_keep_per_key_order() -> None:
+    with ShardPool(Recorder, num_actors=1, num_shards=2) as pool:
+        pool.submit("first", key="k")
+        pool.map(["second"], keys=["k"])
+        pool.submit("third", key="k")
+        seen = pool.results()[int(pool.shard_of(["k"])[0])]
+    assert seen == ["first", "second", "third"]
+
+
+def test_a_bad_key_fails_only_its_own_submit() -> None:
+    with ShardPool(abs, num_actors=1) as pool:
+        futs = [pool.submit(-i, key=i) for i in range(50)]
+        bad = pool.submit(-7, key=2.5)
+        futs += [pool.submit(-i, key=str(i)) for i in range(50)]
+        with pytest.raises(TypeError, match="float"):
+            bad.result(timeout=60)
+        assert [f.result(timeout=60) for f in futs] == list(range(50)) * 2
+
+
+async def _async_inc(x: int) -> int:
+    return x + 1
+
+
+def test_plain_async_function_handler() -> None:
+    with ShardPool(_async_inc, num_actors=1) as pool:
+        assert pool.map(range(5)) == [1, 2, 3, 4, 5]
+
+
+def test_close_fails_work_still_pending_and_refuses_more() -> None:
+    pool = ShardPool(lambda x: (time.sleep(0.05), x)[1], num_actors=1, max_batch_size=1)
+    futs = [pool.submit(i) for i in range(40)]
+    pool.close(wait=False)
+    outcomes = [
+        type(f.exception(timeout=60)).__name__ if f.exception(timeout=60) else "ok" for f in futs
+    ]
+    assert set(outcomes) <= {"ok", "PoolClosedError"} and "PoolClosedError" in outcomes
+    with pytest.raises(PoolClosedError):
+        pool.submit(1)
+
+
+def _unpicklable_output(x: str) -> Any:
+    return threading.Lock() if x == "bad" else x
+
+
+def test_an_unpicklable_output_fails_only_its_item() -> None:
+    with ShardPool(_unpicklable_output, num_actors=1, num_shards=1) as pool:
+        out = pool.map(["a", "bad", "b"], keys=["a", "bad", "b"], return_exceptions=True)
+        assert out[0] == "a" and out[2] == "b"
+        assert isinstance(out[1], TaskError) and "cannot be pickled" in str(out[1])
+        assert pool.submit("c", key="c").result(timeout=60) == "c"
+
+
+class _FailsToUnpickle:
+    def __reduce__(self) -> Any:
+        return (_raise_on_load, ())
+
+
+def _raise_on_load() -> None:
+    raise RuntimeError("cannot load me here")
+
+
+def test_a_call_that_fails_before_running_does_not_stall_its_shard() -> None:
+    with ShardPool(lambda x: x, num_actors=1, num_shards=1) as pool:
+        with pytest.raises(TaskError):
+            pool.submit(_FailsToUnpickle(), key="k").result(timeout=60)
+        assert pool.submit("next", key="k").result(timeout=60) == "next"

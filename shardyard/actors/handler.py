@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from ray import cloudpickle
 
 from shardyard.actors.shard import Shard
 
-__all__ = ["ItemFailure", "run_batch"]
+__all__ = ["ItemFailure", "ensure_picklable", "run_batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,48 @@ def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
     return out, failures
 
 
+def ensure_picklable(outputs: Outputs, failures: list[ItemFailure]) -> BatchResult:
+    """Turn outputs that cannot be pickled into failures of their items.
+
+    An unpicklable output would otherwise fail the whole Ray call when Ray serialises the
+    reply, taking the other shards' batches of that call with it (although they ran).
+    Numeric arrays always pickle; lists and object arrays are checked, item by item only
+    when the whole fails.
+    """
+    if isinstance(outputs, np.ndarray) and outputs.dtype != object:
+        return outputs, failures
+    try:
+        cloudpickle.dumps(outputs)
+        return outputs, failures
+    except Exception:
+        pass
+    fixed = list(outputs)
+    failed = {f.position for f in failures}
+    extra: list[ItemFailure] = []
+    for pos, value in enumerate(fixed):
+        if pos in failed:
+            continue
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            fixed[pos] = None
+            err = TypeError(f"the handler's output cannot be pickled: {exc}")
+            extra.append(ItemFailure.capture(pos, err))
+    return fixed, sorted([*failures, *extra], key=lambda f: f.position)
+
+
+async def _per_item_async(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
+    out: list[Any] = []
+    failures: list[ItemFailure] = []
+    for pos, x in enumerate(_as_items(batch)):
+        try:
+            out.append(await fn(x))
+        except Exception as exc:
+            out.append(None)
+            failures.append(ItemFailure.capture(pos, exc))
+    return out, failures
+
+
 async def run_batch(
     handler: Callable[[Any], Any] | Shard, batched: bool, batch: Any
 ) -> BatchResult:
@@ -141,6 +184,10 @@ async def run_batch(
             if inspect.isawaitable(out):
                 out = await out
             return _check_length(out, n, f"{type(handler).__name__}.process"), []
+        if inspect.iscoroutinefunction(handler):
+            if batched:
+                return _check_length(await handler(batch), n, "batched handler"), []
+            return await _per_item_async(handler, batch)
         if batched:
             return _batched(handler, batch)
         return _per_item(handler, batch)

@@ -22,7 +22,7 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
-from shardyard.actors.handler import ItemFailure, Outputs, run_batch
+from shardyard.actors.handler import ItemFailure, Outputs, ensure_picklable, run_batch
 from shardyard.actors.shard import Shard
 
 __all__ = ["CONTROL_GROUP", "SNAPSHOT_BARRIER", "STALE", "ShardActor", "remote_shard_actor"]
@@ -44,6 +44,7 @@ class _HostedShard:
     next_seq: int = 0  # sequence number of the next batch this shard may run
     waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # seq -> wake-up
     last_reply: BatchReply | None = None  # answered again if the driver resends a batch
+    skipped: set[int] = field(default_factory=set)  # seqs the driver gave up on: not coming
     items: int = 0
     batches: int = 0
     errors: int = 0
@@ -96,7 +97,8 @@ class ShardActor:
             # A resend of a batch already applied: answer it again, never apply it twice.
             if hosted.last_reply is not None and hosted.last_reply[1] == seq:
                 return hosted.last_reply
-            raise RuntimeError(f"shard {shard_id}: batch {seq} was applied long ago")
+            # Applied earlier and answered by that earlier run: this copy is stale.
+            return (shard_id, seq, STALE, [])
         if seq > hosted.next_seq:
             waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             hosted.waiters[seq] = waiter
@@ -105,24 +107,55 @@ class ShardActor:
         reply: BatchReply
         if isinstance(batch, str) and batch == SNAPSHOT_BARRIER:
             reply = (shard_id, seq, [_freeze(hosted.instance)], [])
+        elif len(batch) == 0:
+            reply = (shard_id, seq, [], [])  # every item was dropped before sending
         else:
             start = time.perf_counter()
             outputs, failures = await run_batch(hosted.instance, self._batched, batch)
+            outputs, failures = ensure_picklable(outputs, failures)
             hosted.busy_s += time.perf_counter() - start
             hosted.items += len(batch)
             hosted.batches += 1
             hosted.errors += len(failures)
             reply = (shard_id, seq, outputs, failures)
         hosted.last_reply = reply
-        hosted.next_seq = seq + 1
-        nxt = hosted.waiters.pop(hosted.next_seq, None)
+        self._advance(hosted, seq + 1)
+        return reply
+
+    @staticmethod
+    def _advance(hosted: _HostedShard, next_seq: int) -> None:
+        """Move the shard on to ``next_seq`` (past skipped seqs) and wake that batch."""
+        while next_seq in hosted.skipped:
+            hosted.skipped.discard(next_seq)
+            next_seq += 1
+        hosted.next_seq = next_seq
+        nxt = hosted.waiters.pop(next_seq, None)
         if nxt is not None:
             nxt.set_result(False)
-        return reply
+
+    async def skip(self, seqs: list[tuple[int, int]]) -> None:
+        """Give up on batches ``[(shard_id, seq), ...]`` that will never arrive.
+
+        The driver calls this when a call failed before its batches ran (its arguments did
+        not deserialise here, say), so later batches of those shards do not wait forever.
+        Seqs already passed are ignored. Runs on the work loop, like ``run``.
+        """
+        for sid, seq in seqs:
+            hosted = self._shards.get(sid)
+            if hosted is None or seq < hosted.next_seq:
+                continue
+            hosted.skipped.add(seq)
+            if seq == hosted.next_seq:
+                self._advance(hosted, seq)
 
     # --- placement ----------------------------------------------------------------------------
 
-    async def host_shards(self, shard_ids: list[int], states: dict[int, tuple[Any, int]]) -> None:
+    async def host_shards(
+        self,
+        shard_ids: list[int],
+        states: dict[int, tuple[Any, int]],
+        skipped: dict[int, list[int]] | None = None,
+    ) -> None:
         """Place shards here: fresh (``setup``), then ``restore`` where ``states`` has a state.
 
         Runs on the work loop (not the control group), so a shard is never replaced while
@@ -133,8 +166,14 @@ class ShardActor:
             states: ``{shard_id: (frozen state or None, next_seq)}``, as made by a snapshot
                 barrier or ``snapshot()``; the shard accepts batches from
                 ``next_seq`` on.
+            skipped: ``{shard_id: seqs}`` that will never arrive (failed or already
+                answered), passed over when the shard reaches them.
         """
         self._host(shard_ids, states)
+        for sid, seqs in (skipped or {}).items():
+            hosted = self._shards[sid]
+            hosted.skipped.update(s for s in seqs if s >= hosted.next_seq)
+            self._advance(hosted, hosted.next_seq)
 
     def _host(self, shard_ids: list[int], states: dict[int, tuple[Any, int]]) -> None:
         for sid in shard_ids:

@@ -40,10 +40,16 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from shardyard.actors.handler import ItemFailure
 from shardyard.actors.shard_actor import SNAPSHOT_BARRIER, STALE
-from shardyard.errors import ActorLostError, SerializationError, ShardyardError, TaskError
+from shardyard.errors import (
+    ActorLostError,
+    PoolClosedError,
+    SerializationError,
+    ShardyardError,
+    TaskError,
+)
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import PULL, Partitioner
-from shardyard.scheduler.segments import Segment, concat_items
+from shardyard.scheduler.segments import Segment, as_batch, concat_items
 from shardyard.scheduler.sinks import Failures, FutureSink
 
 __all__ = ["Core"]
@@ -62,7 +68,7 @@ class _Batch:
 
     @property
     def is_barrier(self) -> bool:
-        return not self.segments
+        return isinstance(self.payload, str) and self.payload == SNAPSHOT_BARRIER
 
 
 _Delivery = tuple[Segment, Any, Failures]  # (segment, its outputs, its failures)
@@ -150,8 +156,9 @@ class Core:
             _ActorSlot(i, h, np.flatnonzero(placement == i).tolist()) for i, h in enumerate(actors)
         ]
         self._shards = [_ShardState(int(a)) for a in placement.tolist()]
-        self._segment_inbox: deque[list[tuple[int, Segment]]] = deque()  # from map producers
-        self._submit_inbox: deque[tuple[Any, Any, Any]] = deque()  # (item, key, future)
+        # Work handed over by user threads, in order: a list of (shard id, segment) per map
+        # chunk, or an (item, key, future) tuple per submit.
+        self._inbox: deque[list[tuple[int, Segment]] | tuple[Any, Any, Any]] = deque()
         self._wakeup_scheduled = False  # a drain is already scheduled on the loop
         self._closing = False
         self._lock = threading.RLock()  # guards the dispatch state; see the module docstring
@@ -176,8 +183,12 @@ class Core:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def stop(self) -> None:
-        """Stop the loop thread (pending work is abandoned; call ``wait_idle`` first)."""
+        """Stop the loop thread; unfinished items fail with ``PoolClosedError``.
+
+        Call ``wait_idle`` first to let them finish instead.
+        """
         self._closing = True  # actors are about to be killed: no recovery from here on
+        self._fail_all(PoolClosedError("the pool was closed before this item finished"))
         if not self._thread.is_alive():
             return
 
@@ -202,13 +213,23 @@ class Core:
     # --- producer side (any thread) ---------------------------------------------------------
 
     def push_segments(self, groups: list[tuple[int, Segment]]) -> None:
-        """Hand over per-shard segments of one chunk."""
-        self._segment_inbox.append(groups)
+        """Hand over per-shard segments of one chunk.
+
+        Raises:
+            PoolClosedError: the pool is closing (the chunk's items fail with it too).
+        """
+        self._inbox.append(groups)
+        self._refuse_if_closing()
         self._wake()
 
     def push_submit(self, item: Any, key: Any, future: Any) -> None:
-        """Hand over one submitted item; its future resolves with the output."""
-        self._submit_inbox.append((item, key, future))
+        """Hand over one submitted item; its future resolves with the output.
+
+        Raises:
+            PoolClosedError: the pool is closing (the future fails with it too).
+        """
+        self._inbox.append((item, key, future))
+        self._refuse_if_closing()
         # Idle pool: dispatch from this thread, skipping the hop to the loop (latency).
         if self._outstanding == 0 and self._lock.acquire(blocking=False):
             try:
@@ -217,6 +238,40 @@ class Core:
                 self._lock.release()
             return
         self._wake()
+
+    def _refuse_if_closing(self) -> None:
+        # Checked after appending: whatever stop() did not see in the inbox is failed here.
+        if self._closing:
+            err = PoolClosedError("this ShardPool is closed")
+            self._fail_all(err)
+            raise err
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """Fail every item not finished yet: in the inbox, queued, pulled or in flight."""
+        with self._lock:
+            while self._inbox:
+                entry = self._inbox.popleft()
+                if type(entry) is tuple:
+                    self._fail_submit(entry, exc)
+                    continue
+                for _, seg in entry:
+                    self._outstanding += len(seg)
+                    errs: Failures = [(i, exc) for i in range(len(seg))]
+                    self._flush_later([(seg, [None] * len(seg), errs)])
+            deliveries: list[_Delivery] = []
+            while self._pull_queue:
+                seg = self._pull_queue.popleft()
+                deliveries.append((seg, [None] * len(seg), [(i, exc) for i in range(len(seg))]))
+            self._pull_queued = 0
+            for sid, st in enumerate(self._shards):
+                for b in sorted(st.unacked.values(), key=lambda b: b.seq):
+                    self._fail_batch(b, exc, out=deliveries)
+                while st.queue:
+                    seg = st.queue.popleft()
+                    st.queued -= len(seg)
+                    errs = [(i, exc) for i in range(len(seg))]
+                    self._deliver(seg, [None] * len(seg), errs, sid, out=deliveries)
+        self._flush(deliveries)
 
     def _wake(self) -> None:
         if not self._wakeup_scheduled:
@@ -232,19 +287,41 @@ class Core:
             self._drain_locked()
 
     def _drain_locked(self) -> None:
+        # One FIFO inbox for map chunks and single submits, so work of one key keeps the
+        # order it was handed over in, whichever API carried it.
         touched: set[int] = set()
-        inbox = self._segment_inbox
+        inbox = self._inbox
+        run: list[tuple[Any, Any, Any]] = []  # consecutive submits, partitioned together
         while inbox:
-            for sid, seg in inbox.popleft():
+            entry = inbox.popleft()
+            if type(entry) is tuple:
+                run.append(entry)
+                continue
+            if run:
+                self._drain_submits(run, touched)
+                run = []
+            for sid, seg in entry:
                 self._enqueue(sid, seg, touched)
-        if self._submit_inbox:
-            self._drain_submits(touched)
+        if run:
+            self._drain_submits(run, touched)
         for a in touched:
             self._kick(self._actors[a])
 
-    def _drain_submits(self, touched: set[int]) -> None:
-        box = self._submit_inbox
-        batch = [box.popleft() for _ in range(len(box))]
+    def _drain_submits(self, batch: list[tuple[Any, Any, Any]], touched: set[int]) -> None:
+        try:
+            self._route_submits(batch, touched)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail_submit(batch[0], exc)
+                return
+            # A bad key among many: route them one by one, so only the bad one fails.
+            for one in batch:
+                try:
+                    self._route_submits([one], touched)
+                except Exception as one_exc:
+                    self._fail_submit(one, one_exc)
+
+    def _route_submits(self, batch: list[tuple[Any, Any, Any]], touched: set[int]) -> None:
         items = [b[0] for b in batch]
         futures = [b[2] for b in batch]
         raw_keys = [b[1] for b in batch]
@@ -254,13 +331,7 @@ class Core:
         elif any(k is None for k in raw_keys):
             # Mixed keyed and keyless submits: route the keyless ones by their position.
             keys = [k if k is not None else i for i, k in enumerate(raw_keys)]
-        try:
-            groups = self.partitioner.split(len(items), keys)
-        except Exception as exc:  # a bad key type fails those futures, not the core
-            for fut in futures:
-                fut.set_exception(exc)
-            self._submit_sink.finished += len(futures)
-            return
+        groups = self.partitioner.split(len(items), keys)
         for sid, index in groups:
             if isinstance(index, slice):
                 index = np.arange(index.start, index.stop)
@@ -268,13 +339,19 @@ class Core:
             seg = Segment(
                 self._submit_sink,
                 [futures[i] for i in idx],
-                [items[i] for i in idx],
+                as_batch([items[i] for i in idx]),
                 None if keys is None else [keys[i] for i in idx],
             )
             for f in seg.ref:
                 if isinstance(f, ShardFuture):
                     f.shard_id = sid
             self._enqueue(sid, seg, touched)
+
+    def _fail_submit(self, one: tuple[Any, Any, Any], exc: BaseException) -> None:
+        """A submitted item whose key cannot be routed ends with that error, alone."""
+        item, key, fut = one
+        self._outstanding += 1
+        self._flush_later([(Segment(self._submit_sink, [fut], [item], [key]), [None], [(0, exc)])])
 
     def _enqueue(self, sid: int, seg: Segment, touched: set[int]) -> None:
         self._outstanding += len(seg)
@@ -340,7 +417,10 @@ class Core:
 
     def _should_hold(self, actor: _ActorSlot) -> bool:
         # Ray Serve's batch_wait_timeout_s: a partly filled batch waits a little for more.
-        if any(self._shards[sid].queued >= self._max_batch for sid in actor.ready):
+        if self._pull_queued >= self._max_batch or any(
+            self._shards[sid].queued >= self._max_batch for sid in actor.ready
+        ):
+            self._first_wait.pop(actor.index, None)
             return False
         now = time.monotonic()
         first = self._first_wait.setdefault(actor.index, now)
@@ -386,26 +466,40 @@ class Core:
         """Handle a call's outcome, once."""
         deliveries: list[_Delivery] = []
         actor = call.actor
+        skip: list[tuple[int, int]] = []
         with self._lock:
             if call.handled:
                 return
             call.handled = True
             actor.inflight -= 1
             if exc is None:
-                for sid, seq, outputs, failures in replies:
-                    self._on_reply(sid, seq, outputs, failures, out=deliveries)
+                for (sid, seq, outputs, failures), b in zip(replies, call.batches, strict=True):
+                    try:
+                        self._on_reply(sid, seq, outputs, failures, out=deliveries)
+                    except Exception as err:  # never let one reply strand the others
+                        log.exception("shardyard: bad reply for shard %d", b.shard_id)
+                        self._fail_batch(b, err, out=deliveries)
             elif not isinstance(exc, _ACTOR_GONE):
                 # The call itself failed (not the user's handler, whose errors come as
-                # replies): fail its items with the cause rather than hang.
+                # replies), e.g. its arguments did not deserialise in the actor: fail its
+                # items with the cause, and tell the actor those seqs are not coming.
                 for b in call.batches:
+                    if b.seq in self._shards[b.shard_id].unacked:
+                        skip.append((b.shard_id, b.seq))
                     self._fail_batch(b, exc, out=deliveries)
             more = bool(actor.ready or actor.barriers or self._pull_queued)
         self._flush(deliveries)
         if isinstance(exc, _ACTOR_GONE):
             if not self._closing:
                 self._loop.call_soon_threadsafe(self._start_recovery, actor, exc)
-        elif more:
+            return
+        if skip and not self._closing:
+            self._loop.call_soon_threadsafe(self._send_skip, actor, skip)
+        if more:
             self._loop.call_soon_threadsafe(self._kick_locked, actor)
+
+    def _send_skip(self, actor: _ActorSlot, seqs: list[tuple[int, int]]) -> None:
+        actor.handle.skip.remote(seqs)
 
     def _on_reply(
         self,
@@ -462,7 +556,15 @@ class Core:
         if out is not None:
             out.append((seg, outputs, failures))
         else:
-            self._flush([(seg, outputs, failures)])
+            self._flush_later([(seg, outputs, failures)])
+
+    def _flush_later(self, deliveries: list[_Delivery]) -> None:
+        """Deliver on the loop: callers hold the core lock, and delivering runs the user's
+        done-callbacks, which must not run under it."""
+        if self._loop.is_running() and not self._closing:
+            self._loop.call_soon_threadsafe(self._flush, deliveries)
+        else:
+            self._flush(deliveries)
 
     def _flush(self, deliveries: list[_Delivery]) -> None:
         """Run sink deliveries (outside the lock when possible), then count them done."""
@@ -486,6 +588,8 @@ class Core:
         st = self._shards[batch.shard_id]
         if st.unacked.pop(batch.seq, None) is None:
             return
+        if batch.is_barrier:
+            st.barrier_pending = False  # the next batch queues a new one
         for seg in batch.segments:
             errs: Failures = []
             for i in range(len(seg)):
@@ -519,7 +623,8 @@ class Core:
                 continue
             kept: list[Segment] = []
             for seg in b.segments:
-                bad = np.array([not _picklable(x) for x in seg.items], dtype=bool)
+                why = [_pickle_error(x) for x in seg.items]
+                bad = np.array([w is not None for w in why], dtype=bool)
                 if not bad.any():
                     kept.append(seg)
                     continue
@@ -530,7 +635,7 @@ class Core:
                         k,
                         SerializationError(
                             f"item with key {seg.key_at(int(i))!r} for shard {b.shard_id} "
-                            f"cannot be pickled for Ray: {exc}"
+                            f"cannot be pickled for Ray: {why[int(i)]}"
                         ),
                     )
                     for k, i in enumerate(bad_idx.tolist())
@@ -567,10 +672,10 @@ class Core:
             await self._wait_alive(actor)
             self._lock.acquire()
             try:
-                states, resend = self._recovery_plan(actor, exc)
+                states, skipped, resend = self._recovery_plan(actor, exc)
             finally:
                 self._lock.release()
-            await actor.handle.host_shards.remote(actor.shards, states)
+            await actor.handle.host_shards.remote(actor.shards, states, skipped)
         except Exception as err:
             lost = err if isinstance(err, ShardyardError) else ActorLostError(str(err))
             with self._lock:
@@ -584,9 +689,15 @@ class Core:
 
     def _recovery_plan(
         self, actor: _ActorSlot, exc: BaseException
-    ) -> tuple[dict[int, tuple[Any, int]], list[list[_Batch]]]:
-        """Per shard: the state to restore and the batches to send again, in order."""
+    ) -> tuple[dict[int, tuple[Any, int]], dict[int, list[int]], list[list[_Batch]]]:
+        """Per shard: the state to restore, the seqs to pass over, the batches to resend.
+
+        Replies arrive per call, not per shard, so a shard's acks can come out of order:
+        the seqs between the restart point and ``next_seq`` that are neither replayed nor
+        resent (acked without replay, or failed) are passed to the actor as skipped.
+        """
         states: dict[int, tuple[Any, int]] = {}
+        skipped: dict[int, list[int]] = {}
         resend: list[list[_Batch]] = []
         for sid in actor.shards:
             st = self._shards[sid]
@@ -602,12 +713,14 @@ class Core:
             else:
                 state, seq = None, pending[0].seq if pending else st.next_seq
                 chain = pending
+            chain.sort(key=lambda b: b.seq)
             states[sid] = (state, seq)
+            skipped[sid] = sorted(set(range(seq, st.next_seq)) - {b.seq for b in chain})
             for i, b in enumerate(chain):
                 if i == len(resend):
                     resend.append([])
                 resend[i].append(b)
-        return states, resend
+        return states, skipped, resend
 
     def _fail_actor(self, actor: _ActorSlot, lost: BaseException) -> None:
         """Fail every unfinished item of ``actor``'s shards with ``lost``."""
@@ -643,7 +756,7 @@ class Core:
         """Block until every item handed to the core so far has finished."""
         while True:
             with self._lock:
-                idle = self._outstanding == 0 and not self._segment_inbox and not self._submit_inbox
+                idle = self._outstanding == 0 and not self._inbox
                 generation = self._idle_gen
             if idle:
                 return
@@ -704,9 +817,10 @@ def _changed(core: Core, generation: int) -> bool:
     return core._idle_gen != generation
 
 
-def _picklable(x: Any) -> bool:
+def _pickle_error(x: Any) -> str | None:
+    """Why ``x`` cannot be pickled, or ``None`` if it can."""
     try:
         cloudpickle.dumps(x)
-    except Exception:
-        return False
-    return True
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -31,7 +32,7 @@ from shardyard.errors import PoolClosedError, SerializationError
 from shardyard.scheduler.core import Core
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import Partitioner
-from shardyard.scheduler.segments import Segment, take
+from shardyard.scheduler.segments import Segment, as_batch, take
 from shardyard.scheduler.sinks import FutureSink, MapSink
 from shardyard.scheduler.stats import ActorStats, PoolStats, ShardStats
 from shardyard.sharding import place, strategy
@@ -39,19 +40,6 @@ from shardyard.sharding import place, strategy
 __all__ = ["ShardPool"]
 
 Keys = Iterable[Any] | Callable[[Any], Any] | None
-_NUMERIC = (int, float, np.integer, np.floating)
-
-
-def _as_batch(chunk: list[Any]) -> Any:
-    """A numpy array for homogeneous numeric chunks (cheap to ship), else the list."""
-    if chunk and type(chunk[0]) in (int, float) and type(chunk[-1]) in (int, float):
-        try:
-            arr = np.asarray(chunk)
-        except (ValueError, OverflowError):
-            return chunk
-        if arr.dtype.kind in "iuf" and arr.ndim == 1:
-            return arr
-    return chunk
 
 
 class ShardPool:
@@ -122,6 +110,7 @@ class ShardPool:
         self._batched = batched
         self._address = address
         self._core: Core | None = None  # created on first use (lazy connect)
+        self._start_lock = threading.Lock()  # guards starting and closing
         self._closed = False
         self._actors: list[Any] = []  # Ray actor handles, index = actor index
         self._placement: np.ndarray | None = None  # shard id -> actor index
@@ -134,10 +123,17 @@ class ShardPool:
         return strategy(self.config.strategy, num_shards, **self.config.strategy_options)
 
     def _ensure_started(self) -> Core:
-        if self._core is not None:
+        core = self._core
+        if core is not None and not self._closed:
+            return core
+        with self._start_lock:  # one start, whichever thread gets here first
+            if self._closed:
+                raise PoolClosedError("this ShardPool is closed")
+            if self._core is None:
+                self._core = self._start()
             return self._core
-        if self._closed:
-            raise PoolClosedError("this ShardPool is closed")
+
+    def _start(self) -> Core:
         info = connect(self._address)
         cfg = self.config
         num_actors = cfg.num_actors or max(1, info.num_cpus)
@@ -181,7 +177,6 @@ class ShardPool:
             submit_sink=submit_sink,
         )
         self._submit_sink = submit_sink
-        self._core = core
         return core
 
     def start(self) -> ShardPool:
@@ -213,21 +208,24 @@ class ShardPool:
             self._core.wait_idle()
 
     def close(self, wait: bool = True) -> None:
-        """Finish (or abandon, ``wait=False``) outstanding work and stop the actors.
+        """Finish (``wait=True``) or fail outstanding work, then stop the actors.
 
-        Futures still pending after ``wait=False`` never resolve; Ray's ``ray.shutdown`` is
-        left to the caller (the embedded Ray is reused by later pools).
+        Items still unfinished when the actors stop (all of them with ``wait=False``, or
+        those another thread submits meanwhile) fail with ``PoolClosedError``; later
+        submissions raise it. Ray itself stays up (the embedded Ray is reused by later pools;
+        ``shardyard.disconnect()`` stops it).
         """
-        if self._closed:
-            return
-        if self._core is not None:
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            core = self._core
+        if core is not None:
             if wait:
-                self.wait()
-            self._core.stop()
+                core.wait_idle()
+            core.stop()
             for a in self._actors:
                 ray.kill(a, no_restart=True)
-        self._closed = True
-        self._core = None
 
     shutdown = close  # the concurrent.futures.Executor name
 
@@ -250,8 +248,13 @@ class ShardPool:
         """(items, keys) chunks of the input, never materialising an iterator whole."""
         size = self.config.chunk_size
         key_fn = keys if callable(keys) else None
+        n_items, n_keys = _length(items), None if key_fn else _length(keys)
+        if n_items is not None and n_keys is not None and n_items != n_keys:
+            raise ValueError(f"keys has {n_keys} entries for {n_items} items")
         if isinstance(items, np.ndarray):
             key_arr = None if keys is None or key_fn else _sliceable(keys)  # type: ignore[arg-type]
+            if key_arr is not None and len(key_arr) != len(items):
+                raise ValueError(f"keys has {len(key_arr)} entries for {len(items)} items")
             for lo in range(0, len(items), size):
                 view = items[lo : lo + size]
                 if key_fn is not None:
@@ -264,6 +267,8 @@ class ShardPool:
         while True:
             chunk: list[Any] = list(itertools.islice(item_it, size))
             if not chunk:
+                if key_it is not None and next(key_it, _END) is not _END:
+                    raise ValueError("keys is longer than items")
                 return
             if key_fn is not None:
                 chunk_keys: Any = [key_fn(x) for x in chunk]
@@ -273,7 +278,7 @@ class ShardPool:
                     raise ValueError("keys is shorter than items")
             else:
                 chunk_keys = None
-            yield _as_batch(chunk), chunk_keys
+            yield as_batch(chunk), chunk_keys
 
     def _push(self, core: Core, sink: MapSink, base: int, chunk: Any, keys: Any) -> int:
         n = len(chunk)
@@ -447,7 +452,7 @@ class ShardPool:
             ...     pool.submit(41, key="k").result()
             42
         """
-        core = self._core or self._ensure_started()
+        core = self._core if self._core is not None and not self._closed else self._ensure_started()
         fut = ShardFuture(key=key, condition=self._submit_sink.condition)
         self._submit_sink.add_one()
         core.push_submit(item, key, fut)
@@ -576,7 +581,7 @@ class ShardPool:
             >>> async def main(pool):                               # doctest: +SKIP
             ...     return await asyncio.gather(*(pool.asubmit(i, key=i) for i in range(3)))
         """
-        core = self._core or self._ensure_started()
+        core = self._core if self._core is not None and not self._closed else self._ensure_started()
         fut = asyncio.get_running_loop().create_future()
         self._submit_sink.add_one(block=False)
         core.push_submit(item, key, fut)
@@ -589,6 +594,14 @@ class ShardPool:
     async def areduce(self, combine: Callable[[Any, Any], Any]) -> Any:
         """``await`` twin of :meth:`reduce`."""
         return await asyncio.to_thread(self.reduce, combine)
+
+
+_END = object()  # end-of-iterator marker
+
+
+def _length(x: Any) -> int | None:
+    """``len(x)`` for sized inputs, ``None`` for iterators and ``None`` itself."""
+    return len(x) if x is not None and hasattr(x, "__len__") else None
 
 
 def _apply2(fn: Callable[[Any, Any], Any], x: Any, y: Any) -> Any:

@@ -150,7 +150,7 @@ class FutureSink(Sink):
         self._max_pending = max_pending
         self._tickets = itertools.count()  # atomic under the GIL
         self._blocked = 0  # producers waiting for room
-        self.finished = 0  # written by the core thread only
+        self.finished = 0  # items delivered (under _cond: deliveries come from several threads)
         self.condition = threading.Condition()  # shared by all futures of the pool
 
     def add_one(self, block: bool = True) -> None:
@@ -164,6 +164,12 @@ class FutureSink(Sink):
                 self._blocked -= 1
 
     def deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
+        # Count first: resolving runs the user's done-callbacks, which may submit more.
+        # Deliveries come from several threads, hence the lock.
+        with self._cond:
+            self.finished += len(seg)
+            if self._blocked:
+                self._cond.notify_all()
         values = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
         errors = dict(failures) if failures else None
         futures = seg.ref
@@ -188,10 +194,6 @@ class FutureSink(Sink):
                     [values[i] for i in rest],
                     {k: errors[i] for k, i in enumerate(rest) if i in errors} if errors else None,
                 )
-        self.finished += len(seg)
-        if self._blocked:
-            with self._cond:
-                self._cond.notify_all()
 
 
 def _resolve_asyncio(picked: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
