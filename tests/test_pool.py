@@ -391,3 +391,13 @@ def test_a_call_that_fails_before_running_does_not_stall_its_shard() -> None:
         with pytest.raises(TaskError):
             pool.submit(_FailsToUnpickle(), key="k").result(timeout=60)
         assert pool.submit("next", key="k").result(timeout=60) == "next"
+
+
+def test_batched_handler_gets_arrays_from_submit_too() -> None:
+    def double(a: Any) -> Any:
+        assert isinstance(a, np.ndarray), type(a)
+        return a * 2
+
+    with ShardPool(double, batched=True, num_actors=1) as pool:
+        assert pool.submit(3).result(timeout=60) == 6
+        assert pool.map([1, 2]) == [2, 4]

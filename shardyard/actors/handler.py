@@ -26,7 +26,7 @@ from ray import cloudpickle
 
 from shardyard.actors.shard import Shard
 
-__all__ = ["ItemFailure", "ensure_picklable", "run_batch"]
+__all__ = ["ItemFailure", "as_batch", "ensure_picklable", "run_batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,30 @@ class ItemFailure:
 
 Outputs = list[Any] | np.ndarray
 BatchResult = tuple[Outputs, list[ItemFailure]]
+
+
+def as_batch(items: list[Any]) -> Any:
+    """A numpy array for homogeneous numeric items (cheap to ship, zero-copy), else the list.
+
+    Ints stay ints: a chunk that starts with an int converts only if numpy keeps an integer
+    dtype (a float among them keeps the list as it is).
+
+    Example:
+        >>> as_batch([1, 2, 3]).dtype.kind, as_batch([1, 2.5]), as_batch(["a"])
+        ('i', [1, 2.5], ['a'])
+    """
+    if not items:
+        return items
+    first = type(items[0])
+    if first not in (int, float) or type(items[-1]) is not first:
+        return items
+    try:
+        arr = np.asarray(items)
+    except (ValueError, OverflowError, TypeError):
+        return items
+    if arr.ndim != 1 or arr.dtype.kind not in ("iu" if first is int else "f"):
+        return items
+    return arr
 
 
 def _as_items(batch: Any) -> list[Any]:
@@ -100,6 +124,8 @@ def _check_length(out: Any, n: int, who: str) -> Outputs:
 
 def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
     n = len(batch)
+    if isinstance(batch, list):
+        batch = as_batch(batch)  # numeric items reach a batch handler as an array
     try:
         return _check_length(fn(batch), n, "batched handler"), []
     except Exception:

@@ -49,7 +49,7 @@ from shardyard.errors import (
 )
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import PULL, Partitioner
-from shardyard.scheduler.segments import Segment, as_batch, concat_items
+from shardyard.scheduler.segments import Segment, concat_items
 from shardyard.scheduler.sinks import Failures, FutureSink
 
 __all__ = ["Core"]
@@ -339,7 +339,9 @@ class Core:
             seg = Segment(
                 self._submit_sink,
                 [futures[i] for i in idx],
-                as_batch([items[i] for i in idx]),
+                # Lists on this path: single submits are small, and a list ships faster
+                # than an array; batch handlers get an array in the actor.
+                [items[i] for i in idx],
                 None if keys is None else [keys[i] for i in idx],
             )
             for f in seg.ref:

@@ -24,6 +24,7 @@ import numpy as np
 import ray
 from ray import cloudpickle
 
+from shardyard.actors.handler import as_batch
 from shardyard.actors.shard import Shard
 from shardyard.actors.shard_actor import remote_shard_actor
 from shardyard.cluster import connect
@@ -32,7 +33,7 @@ from shardyard.errors import PoolClosedError, SerializationError
 from shardyard.scheduler.core import Core
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import Partitioner
-from shardyard.scheduler.segments import Segment, as_batch, take
+from shardyard.scheduler.segments import Segment, take
 from shardyard.scheduler.sinks import FutureSink, MapSink
 from shardyard.scheduler.stats import ActorStats, PoolStats, ShardStats
 from shardyard.sharding import place, strategy
@@ -203,7 +204,11 @@ class ShardPool:
         return self._build_strategy(self.num_shards).assign(keys)
 
     def wait(self) -> None:
-        """Block until every item submitted so far has finished."""
+        """Block until the pool is idle: every item submitted so far has finished.
+
+        It waits for the whole pool, so while another thread keeps submitting it also waits
+        for that thread's items (``results``, ``reduce`` and ``close`` wait the same way).
+        """
         if self._core is not None:
             self._core.wait_idle()
 

@@ -23,31 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Segment", "as_batch", "concat_items", "take"]
-
-
-def as_batch(items: list[Any]) -> Any:
-    """A numpy array for homogeneous numeric items (cheap to ship, zero-copy), else the list.
-
-    Ints stay ints: a chunk that starts with an int converts only if numpy keeps an integer
-    dtype (a float among them keeps the list as it is).
-
-    Example:
-        >>> as_batch([1, 2, 3]).dtype.kind, as_batch([1, 2.5]), as_batch(["a"])
-        ('i', [1, 2.5], ['a'])
-    """
-    if not items:
-        return items
-    first = type(items[0])
-    if first not in (int, float) or type(items[-1]) is not first:
-        return items
-    try:
-        arr = np.asarray(items)
-    except (ValueError, OverflowError, TypeError):
-        return items
-    if arr.ndim != 1 or arr.dtype.kind not in ("iu" if first is int else "f"):
-        return items
-    return arr
+__all__ = ["Segment", "concat_items", "take"]
 
 
 def take(values: Any, index: np.ndarray) -> Any:
