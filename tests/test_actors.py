@@ -79,6 +79,10 @@ def test_batches_waiting_on_a_replaced_shard_answer_stale(actor: Any) -> None:
     # As after a crash: a call for seq 3 reached a fresh instance before recovery placed the
     # shard anew; it must answer (stale) rather than wait forever.
     waiting = actor.run.remote([(0, 3, ["late"])])
+    deadline = time.monotonic() + 30
+    while ray.get(actor.stats.remote())["shards"][0]["waiting"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     ray.get(actor.host_shards.remote([0], {0: (None, 0)}))
     reply = ray.get(waiting, timeout=30)
     assert reply[0][:3] == (0, 3, STALE)

@@ -401,3 +401,28 @@ def test_batched_handler_gets_arrays_from_submit_too() -> None:
     with ShardPool(double, batched=True, num_actors=1) as pool:
         assert pool.submit(3).result(timeout=60) == 6
         assert pool.map([1, 2]) == [2, 4]
+
+
+def test_wait_does_not_wait_for_work_submitted_after_it() -> None:
+    with ShardPool(lambda x: (time.sleep(0.001), x)[1], num_actors=2) as pool:
+        stop = threading.Event()
+        produced: list[Any] = []
+
+        def produce() -> None:
+            for i in range(100_000):  # bounded: stops when told, or after this many
+                if stop.wait(0.001):  # a steady trickle of work
+                    return
+                produced.append(pool.submit(i, key=i))
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        while len(produced) < 100:
+            time.sleep(0.01)
+        mine = pool.submit(-1, key="mine")
+        pool.wait()  # returns once what came before it finished, despite the producer
+        still_producing = producer.is_alive()
+        stop.set()
+        producer.join(60)
+        assert mine.done() and mine.result() == -1
+        assert still_producing
+        assert [f.result(timeout=120) for f in produced] == list(range(len(produced)))

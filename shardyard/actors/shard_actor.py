@@ -42,7 +42,8 @@ BatchReply = tuple[int, int, Outputs | str, list[ItemFailure]]  # outputs, or ST
 class _HostedShard:
     instance: Any  # the Shard instance, or the shared plain function
     next_seq: int = 0  # sequence number of the next batch this shard may run
-    waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # seq -> wake-up
+    # seq -> the batches waiting for their turn (more than one only for resent copies)
+    waiters: dict[int, list[asyncio.Future[bool]]] = field(default_factory=dict)
     last_reply: BatchReply | None = None  # answered again if the driver resends a batch
     skipped: set[int] = field(default_factory=set)  # seqs the driver gave up on: not coming
     items: int = 0
@@ -101,7 +102,7 @@ class ShardActor:
             return (shard_id, seq, STALE, [])
         if seq > hosted.next_seq:
             waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            hosted.waiters[seq] = waiter
+            hosted.waiters.setdefault(seq, []).append(waiter)
             if await waiter:  # superseded: the shard was placed anew meanwhile
                 return (shard_id, seq, STALE, [])
         reply: BatchReply
@@ -129,9 +130,10 @@ class ShardActor:
             hosted.skipped.discard(next_seq)
             next_seq += 1
         hosted.next_seq = next_seq
-        nxt = hosted.waiters.pop(next_seq, None)
-        if nxt is not None:
-            nxt.set_result(False)
+        # The first copy of the batch runs; resent copies of it answer stale.
+        for i, waiter in enumerate(hosted.waiters.pop(next_seq, ())):
+            if not waiter.done():
+                waiter.set_result(i > 0)
 
     async def skip(self, seqs: list[tuple[int, int]]) -> None:
         """Give up on batches ``[(shard_id, seq), ...]`` that will never arrive.
@@ -181,9 +183,10 @@ class ShardActor:
             if old is not None:
                 # Batches still waiting for their turn on the old placement answer "stale"
                 # instead of hanging; the driver resends them.
-                for waiter in old.waiters.values():
-                    if not waiter.done():
-                        waiter.set_result(True)
+                for waiting in old.waiters.values():
+                    for waiter in waiting:
+                        if not waiter.done():
+                            waiter.set_result(True)
             instance: Any = self._handler
             state, next_seq = states.get(sid, (None, 0))
             if isinstance(self._handler, type) and issubclass(self._handler, Shard):
@@ -248,6 +251,7 @@ class ShardActor:
                     "errors": h.errors,
                     "busy_s": h.busy_s,
                     "next_seq": h.next_seq,
+                    "waiting": sum(len(w) for w in h.waiters.values()),
                 }
                 for sid, h in self._shards.items()
             },

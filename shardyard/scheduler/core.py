@@ -165,8 +165,10 @@ class Core:
         self._pull_queue: deque[Segment] = deque()  # keyless segments, pulled by actors
         self._pull_queued = 0  # items in _pull_queue
         self._outstanding = 0  # items received by the core and not yet finished
-        self._idle = threading.Condition()  # notified when _outstanding drops to 0
-        self._idle_gen = 0  # bumped (under _lock and _idle) each time the core goes idle
+        self._epoch = 0  # wait epoch: wait_idle() closes one and waits for it to empty
+        self._open_by_epoch: dict[int, int] = {}  # epoch -> its unfinished items
+        self._idle = threading.Condition()  # notified when an epoch's last item finishes
+        self._idle_gen = 0  # bumped (under _lock and _idle) each time an epoch empties
         self._first_wait: dict[int, float] = {}  # actor -> when its oldest held item arrived
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="shardyard-core", daemon=True)
@@ -255,7 +257,7 @@ class Core:
                     self._fail_submit(entry, exc)
                     continue
                 for _, seg in entry:
-                    self._outstanding += len(seg)
+                    self._count_in(seg)
                     errs: Failures = [(i, exc) for i in range(len(seg))]
                     self._flush_later([(seg, [None] * len(seg), errs)])
             deliveries: list[_Delivery] = []
@@ -352,11 +354,18 @@ class Core:
     def _fail_submit(self, one: tuple[Any, Any, Any], exc: BaseException) -> None:
         """A submitted item whose key cannot be routed ends with that error, alone."""
         item, key, fut = one
-        self._outstanding += 1
-        self._flush_later([(Segment(self._submit_sink, [fut], [item], [key]), [None], [(0, exc)])])
+        seg = Segment(self._submit_sink, [fut], [item], [key])
+        self._count_in(seg)
+        self._flush_later([(seg, [None], [(0, exc)])])
+
+    def _count_in(self, seg: Segment) -> None:
+        """Count ``seg``'s items as received, in the current wait epoch."""
+        seg.epoch = self._epoch
+        self._open_by_epoch[seg.epoch] = self._open_by_epoch.get(seg.epoch, 0) + len(seg)
+        self._outstanding += len(seg)
 
     def _enqueue(self, sid: int, seg: Segment, touched: set[int]) -> None:
-        self._outstanding += len(seg)
+        self._count_in(seg)
         if sid == PULL:
             # Keyless work waits in one queue; actors pull from it as they have room.
             self._pull_queue.append(seg)
@@ -570,16 +579,24 @@ class Core:
 
     def _flush(self, deliveries: list[_Delivery]) -> None:
         """Run sink deliveries (outside the lock when possible), then count them done."""
-        n = 0
+        done = 0
         try:
             for seg, outputs, failures in deliveries:
-                n += len(seg)
                 seg.sink.deliver(seg, outputs, failures)
+                done += 1
         finally:
-            if n:
+            if deliveries:
                 with self._lock:
-                    self._outstanding -= n
-                    if self._outstanding == 0:
+                    closed_epoch = False
+                    for seg, _, _ in deliveries:
+                        self._outstanding -= len(seg)
+                        left = self._open_by_epoch[seg.epoch] - len(seg)
+                        if left:
+                            self._open_by_epoch[seg.epoch] = left
+                        else:
+                            del self._open_by_epoch[seg.epoch]
+                            closed_epoch = True
+                    if closed_epoch:
                         with self._idle:
                             self._idle_gen += 1
                             self._idle.notify_all()
@@ -755,17 +772,23 @@ class Core:
     # --- waiting ----------------------------------------------------------------------------
 
     def wait_idle(self) -> None:
-        """Block until every item handed to the core so far has finished."""
+        """Block until every item handed to the core before this call has finished.
+
+        Items received later (another thread still submitting) are not waited for: the
+        call closes the current epoch and waits for the epochs up to it to empty.
+        """
+        with self._lock:
+            self._drain_locked()  # what is in the inbox was handed over before this call
+            target = self._epoch
+            self._epoch += 1
         while True:
             with self._lock:
-                idle = self._outstanding == 0 and not self._inbox
+                done = all(e > target for e in self._open_by_epoch)
                 generation = self._idle_gen
-            if idle:
+            if done:
                 return
-            self._wake()
             with self._idle:
-                # The generation read under _lock closes the lost-wake-up window; the
-                # timeout only re-checks inboxes that filled meanwhile.
+                # The generation read under _lock closes the lost-wake-up window.
                 self._idle.wait_for(partial(_changed, self, generation), timeout=1.0)
 
     def stats(self) -> dict[str, Any]:

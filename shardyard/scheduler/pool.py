@@ -204,10 +204,10 @@ class ShardPool:
         return self._build_strategy(self.num_shards).assign(keys)
 
     def wait(self) -> None:
-        """Block until the pool is idle: every item submitted so far has finished.
+        """Block until every item submitted before this call has finished.
 
-        It waits for the whole pool, so while another thread keeps submitting it also waits
-        for that thread's items (``results``, ``reduce`` and ``close`` wait the same way).
+        Items other threads submit meanwhile are not waited for (``results``, ``reduce``
+        and ``close`` wait the same way).
         """
         if self._core is not None:
             self._core.wait_idle()

@@ -44,28 +44,30 @@ class Segment:
         ref: positions in the sink's output (int64 array), or a list of futures.
         items: the items, a numpy array or a list.
         keys: the items' keys (array or list), or ``None`` for keyless work.
+        epoch: set by the core on receipt, so ``wait`` can wait for what came before it.
     """
 
     sink: Any
     ref: Any
     items: Any
     keys: Any
+    epoch: int = 0  # the core's wait epoch when it received these items
 
     def __len__(self) -> int:
         return len(self.items)
 
     def split(self, n: int) -> tuple[Segment, Segment]:
         """The first ``n`` items and the rest, as two segments (numpy slices are views)."""
-        keys = self.keys
+        keys, e = self.keys, self.epoch
         return (
-            Segment(self.sink, self.ref[:n], self.items[:n], None if keys is None else keys[:n]),
-            Segment(self.sink, self.ref[n:], self.items[n:], None if keys is None else keys[n:]),
+            Segment(self.sink, self.ref[:n], self.items[:n], None if keys is None else keys[:n], e),
+            Segment(self.sink, self.ref[n:], self.items[n:], None if keys is None else keys[n:], e),
         )
 
     def select(self, index: np.ndarray) -> Segment:
         """The items at ``index`` (sorted positions within this segment), as a segment."""
         ref = self.ref[index] if isinstance(self.ref, np.ndarray) else take(self.ref, index)
-        return Segment(self.sink, ref, take(self.items, index), take(self.keys, index))
+        return Segment(self.sink, ref, take(self.items, index), take(self.keys, index), self.epoch)
 
     def key_at(self, offset: int) -> Any:
         """The key of the item at ``offset``, as a plain Python value (``None`` if keyless)."""
