@@ -1,6 +1,6 @@
 """Stable 64-bit key hashing: one key, one hash, in every process and on every machine.
 
-Python's built-in ``hash()`` is salted per process (``PYTHONHASHSEED``), so it can never decide
+Python's built-in hash function is salted per process (``PYTHONHASHSEED``), so it can never decide
 where a key lives. This module hashes instead:
 
 - integers with the splitmix64 finaliser applied to ``key + 0x9E3779B97F4A7C15`` in wrapping
