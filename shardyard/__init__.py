@@ -14,6 +14,8 @@ from shardyard.cluster import ClusterInfo, connect, disconnect
 from shardyard.config import ClusterConfig, PoolConfig
 from shardyard.errors import (
     ActorLostError,
+    ConfigError,
+    InputError,
     PoolClosedError,
     SerializationError,
     ShardyardError,
@@ -31,6 +33,8 @@ __all__ = [
     "ActorStats",
     "ClusterConfig",
     "ClusterInfo",
+    "ConfigError",
+    "InputError",
     "PoolClosedError",
     "PoolConfig",
     "PoolStats",

@@ -152,6 +152,16 @@ class PoolConfig(_ConfigBase):
         checkpoint_every: batches between snapshots of a stateful shard, taken in-stream;
             recovery replays at most this many batches. ``None`` turns snapshots off: a
             stateful shard's in-flight items then fail with ``ActorLostError`` on a crash.
+        max_snapshot_failures: consecutive failed ``snapshot()`` calls of one shard tolerated
+            (each is a warning and a stat) before the shard fails with
+            ``ShardFailedError`` (its replay log would otherwise grow without bound).
+        health_check_interval_s: how often every actor is checked for a restart, with or
+            without work flowing (an idle actor that died is noticed within about this).
+        restart_timeout_s: how long a dead actor may take to come back (Ray restarts it,
+            on another node if its own is gone) before its shards' items fail with
+            ``ActorLostError``.
+        start_timeout_s: how long starting the pool (placing its actors, running every
+            shard's ``setup``) may take, also when it starts lazily on first use.
         num_cpus_per_actor: Ray CPU reservation per actor (``None``: Ray's default for
             actors, which reserves no CPU while running).
         spread: place actors with Ray's ``SPREAD`` strategy across nodes.
@@ -169,6 +179,10 @@ class PoolConfig(_ConfigBase):
     chunk_size: int = Field(default=16384, ge=1, le=1 << 24)
     max_retries: int = Field(default=3, ge=0, le=100)
     checkpoint_every: int | None = Field(default=64, ge=1)
+    max_snapshot_failures: int = Field(default=3, ge=1, le=1000)
+    health_check_interval_s: float = Field(default=1.0, gt=0.0, le=3600.0)
+    restart_timeout_s: float = Field(default=60.0, gt=0.0)
+    start_timeout_s: float = Field(default=120.0, gt=0.0)
     num_cpus_per_actor: float | None = Field(default=None, ge=0.0)
     spread: bool = False
 

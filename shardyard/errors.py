@@ -20,9 +20,14 @@ from typing import Any
 
 __all__ = [
     "ActorLostError",
+    "ConfigError",
+    "InputError",
+    "PoisonItemError",
     "PoolClosedError",
     "SerializationError",
+    "ShardFailedError",
     "ShardyardError",
+    "StartTimeoutError",
     "TaskError",
     "UnknownStrategyError",
     "UnsupportedKeyError",
@@ -98,3 +103,116 @@ class TaskError(ShardyardError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (TaskError, (self.shard_id, self.key, self.cause, self.remote_traceback))
+
+
+class ConfigError(ShardyardError, ValueError):
+    """Raised when a pool's settings do not fit together.
+
+    For example a stateful ``Shard`` with a strategy that may send one key to two shards, or
+    strategy options that do not fit the number of shards.
+    """
+
+
+class InputError(ShardyardError):
+    """Raised when reading or routing the input failed part-way.
+
+    The items before it were processed: every item handed over before the failure ran to the
+    end (none was abandoned in flight), and nothing from ``position`` on was submitted.
+
+    Attributes:
+        position: the absolute input index of the first item not submitted.
+        submitted: how many items were handed over before the failure (all of them finished).
+        cause: the original exception (also ``__cause__``): the input iterator's, the keys
+            iterator's or key function's error, or an ``UnsupportedKeyError`` naming the
+            absolute position of the bad key.
+        partial: for ``map``, the outputs of the submitted items in input order (an item that
+            itself failed holds its ``TaskError``), as ``map`` would return them; ``None`` for
+            the streaming calls, which yielded those outputs before raising.
+        errors: ``(position, TaskError)`` of the submitted items that failed, by position.
+
+    Example:
+        >>> e = InputError(3, 3, KeyError("k"))
+        >>> e.position, e.submitted, type(e.__cause__).__name__
+        (3, 3, 'KeyError')
+    """
+
+    def __init__(
+        self,
+        position: int,
+        submitted: int,
+        cause: BaseException,
+        partial: Any = None,
+        errors: list[tuple[int, BaseException]] | None = None,
+    ) -> None:
+        self.position = position
+        self.submitted = submitted
+        self.cause = cause
+        self.partial = partial
+        self.errors = list(errors or [])
+        failed = f", {len(self.errors)} of them with errors" if self.errors else ""
+        where = ": see .partial" if partial is not None else " and their outputs yielded"
+        super().__init__(
+            f"input failed at position {position} ({type(cause).__name__}: {cause}); "
+            f"the {submitted} items before it were processed{failed}{where}"
+        )
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            InputError,
+            (self.position, self.submitted, self.cause, self.partial, self.errors),
+        )
+
+
+class PoisonItemError(TaskError):
+    """Raised for an item whose handler kills its actor process, even when run alone.
+
+    After a crash, the batches that were in flight are run again alone, then split; an
+    item that still takes its process down when it runs by itself fails with this error
+    (like a dead-letter after ``maxReceiveCount`` deliveries), and the other items go on.
+
+    Attributes:
+        deaths: how many actor deaths the item was in flight for.
+    """
+
+    def __init__(self, shard_id: int, key: Any, deaths: int) -> None:
+        self.deaths = deaths
+        super().__init__(
+            shard_id,
+            key,
+            None,
+            f"the shard actor's process died {deaths} times while this item was in flight, "
+            "the last time while it ran alone: the handler kills its process on this item "
+            "(os._exit, a segfault, or running out of memory)",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PoisonItemError, (self.shard_id, self.key, self.deaths))
+
+
+class ShardFailedError(ShardyardError, RuntimeError):
+    """Raised for the items of a shard that cannot go on (its setup, restore or snapshot failed).
+
+    Every unfinished item of the shard, and every later one, ends with this error.
+
+    Attributes:
+        shard_id: the shard.
+        reason: what went wrong.
+        remote_traceback: the traceback from the actor, when there is one.
+    """
+
+    def __init__(self, shard_id: int, reason: str, remote_traceback: str = "") -> None:
+        self.shard_id = shard_id
+        self.reason = reason
+        self.remote_traceback = remote_traceback
+        tb = ""
+        if remote_traceback:
+            tb = f"\n--- original traceback (shard actor) ---\n{remote_traceback}"
+        super().__init__(f"shard {shard_id} failed: {reason}{tb}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ShardFailedError, (self.shard_id, self.reason, self.remote_traceback))
+
+
+class StartTimeoutError(ShardyardError, TimeoutError):
+    """Raised when a pool's actors could not all start (be scheduled and set up) in time."""

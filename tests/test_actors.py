@@ -1,4 +1,4 @@
-"""The shard actor on its own: per-shard order by sequence number, responsive control calls."""
+"""The shard actor on its own: generations, per-shard order, incarnations, control calls."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import ray
 from ray import cloudpickle
 
 from shardyard.actors import Shard, remote_shard_actor
-from shardyard.actors.shard_actor import SNAPSHOT_BARRIER, STALE
+from shardyard.protocol import (
+    BARRIER,
+    WORK,
+    BarrierReply,
+    BatchReply,
+    HostRequest,
+    Stale,
+    WireBatch,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -29,61 +37,97 @@ class Log(Shard):
         return self.log
 
 
+class FailingSetup(Shard):
+    def setup(self, shard_id: int) -> None:
+        if shard_id == 1:
+            raise ValueError("no setup for shard 1")
+
+
+def _work(sid: int, gen: int, seq: int, items: Any) -> WireBatch:
+    return WireBatch(sid, gen, seq, WORK, items, False)
+
+
 @pytest.fixture
 def actor() -> Any:
-    handle = remote_shard_actor()
-    a = handle.remote(Log, False, 0, [0, 1])
+    a = remote_shard_actor().remote(Log, False, 0)
+    ray.get(a.host.remote([HostRequest(0, 1, None), HostRequest(1, 1, None)]))
     yield a
     ray.kill(a, no_restart=True)
 
 
+def _log(actor: Any, sid: int) -> list[Any]:
+    return ray.get(actor.results.remote())[1][sid][1]
+
+
+def test_an_actor_hosts_nothing_until_placed() -> None:
+    a = remote_shard_actor().remote(Log, False, 0)
+    try:
+        reply = ray.get(a.run.remote([_work(0, 1, 0, ["x"])]))
+        assert reply.replies == [Stale(0, 1, 0, "unhosted")]
+        assert reply.incarnation == ray.get(a.health.remote())
+    finally:
+        ray.kill(a, no_restart=True)
+
+
 def test_batches_run_in_sequence_order_even_if_sent_out_of_order(actor: Any) -> None:
-    later = actor.run.remote([(0, 1, ["b"])])  # seq 1 waits for seq 0
-    earlier = actor.run.remote([(0, 0, ["a"])])
+    later = actor.run.remote([_work(0, 1, 1, ["b"])])  # seq 1 waits for seq 0
+    earlier = actor.run.remote([_work(0, 1, 0, ["a"])])
     ray.get([earlier, later])
-    assert ray.get(actor.results.remote())[0] == ["a", "b"]
+    assert _log(actor, 0) == ["a", "b"]
 
 
-def test_resent_batch_is_answered_not_reapplied(actor: Any) -> None:
-    ray.get(actor.run.remote([(1, 0, ["x"])]))
-    reply = ray.get(actor.run.remote([(1, 0, ["x"])]))
-    assert reply[0][1] == 0
-    assert ray.get(actor.results.remote())[1] == ["x"]
+def test_a_batch_of_another_generation_is_never_applied(actor: Any) -> None:
+    ray.get(actor.run.remote([_work(1, 1, 0, ["x"])]))
+    again = ray.get(actor.run.remote([_work(1, 1, 0, ["x"])])).replies[0]
+    old = ray.get(actor.run.remote([_work(1, 0, 1, ["y"])])).replies[0]
+    assert isinstance(again, Stale) and isinstance(old, Stale)
+    assert _log(actor, 1) == ["x"]
 
 
 def test_control_calls_answer_while_a_shard_is_busy(actor: Any) -> None:
-    busy = actor.run.remote([(0, 0, ["sleep", 3.0])])
+    busy = actor.run.remote([_work(0, 1, 0, ["sleep", 3.0])])
     start = time.monotonic()
-    assert ray.get(actor.health.remote(), timeout=10) == "ok"
+    incarnation = ray.get(actor.health.remote(), timeout=10)
     stats = ray.get(actor.stats.remote(), timeout=10)
     answered = time.monotonic() - start
     ready, _ = ray.wait([busy], timeout=0)
     assert not ready, "the control call should have answered before the busy batch ended"
     assert stats["actor_index"] == 0 and set(stats["shards"]) == {0, 1}
+    assert stats["incarnation"] == incarnation
     assert answered < 3.0
     ray.get(busy)
 
 
 def test_snapshot_barrier_and_restore(actor: Any) -> None:
-    ray.get(actor.run.remote([(0, 0, ["a", "b"])]))
-    reply = ray.get(actor.run.remote([(0, 1, SNAPSHOT_BARRIER)]))
-    state = cloudpickle.loads(reply[0][2][0])
-    assert state["log"] == ["a", "b"]
+    ray.get(actor.run.remote([_work(0, 1, 0, ["a", "b"])]))
+    reply = ray.get(actor.run.remote([WireBatch(0, 1, 1, BARRIER, None, False)])).replies[0]
+    assert isinstance(reply, BarrierReply) and reply.failure is None
+    assert cloudpickle.loads(reply.state)["log"] == ["a", "b"]
     frozen = cloudpickle.dumps({"log": ["restored"]})
-    ray.get(actor.host_shards.remote([0], {0: (frozen, 5)}))
-    ray.get(actor.run.remote([(0, 5, ["c"])]))
-    assert ray.get(actor.results.remote())[0] == ["restored", "c"]
+    ray.get(actor.host.remote([HostRequest(0, 2, frozen)]))
+    ray.get(actor.run.remote([_work(0, 2, 0, ["c"])]))
+    assert _log(actor, 0) == ["restored", "c"]
 
 
-def test_batches_waiting_on_a_replaced_shard_answer_stale(actor: Any) -> None:
-    # As after a crash: a call for seq 3 reached a fresh instance before recovery placed the
-    # shard anew; it must answer (stale) rather than wait forever.
-    waiting = actor.run.remote([(0, 3, ["late"])])
+def test_batches_waiting_on_a_replaced_generation_answer_stale(actor: Any) -> None:
+    waiting = actor.run.remote([_work(0, 1, 3, ["late"])])
     deadline = time.monotonic() + 30
     while ray.get(actor.stats.remote())["shards"][0]["waiting"] == 0:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    ray.get(actor.host_shards.remote([0], {0: (None, 0)}))
-    reply = ray.get(waiting, timeout=30)
-    assert reply[0][:3] == (0, 3, STALE)
-    assert ray.get(actor.results.remote())[0] == []
+    ray.get(actor.host.remote([HostRequest(0, 2, None)]))
+    reply = ray.get(waiting, timeout=30).replies[0]
+    assert reply == Stale(0, 1, 3, "superseded")
+    assert _log(actor, 0) == []
+
+
+def test_a_failing_setup_is_reported_per_shard() -> None:
+    a = remote_shard_actor().remote(FailingSetup, False, 0)
+    try:
+        reply = ray.get(a.host.remote([HostRequest(0, 1, None), HostRequest(1, 1, None)]))
+        assert set(reply.failures) == {1}
+        assert "no setup for shard 1" in reply.failures[1].traceback
+        ok = ray.get(a.run.remote([_work(0, 1, 0, [1])])).replies[0]
+        assert isinstance(ok, BatchReply)
+    finally:
+        ray.kill(a, no_restart=True)

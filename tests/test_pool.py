@@ -14,7 +14,16 @@ import numpy as np
 import pydantic
 import pytest
 
-from shardyard import PoolClosedError, SerializationError, Shard, ShardPool, TaskError, place
+from shardyard import (
+    ConfigError,
+    InputError,
+    PoolClosedError,
+    SerializationError,
+    Shard,
+    ShardPool,
+    TaskError,
+    place,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -318,9 +327,12 @@ def test_keys_of_the_wrong_length_are_refused_before_any_work() -> None:
         ]:
             with pytest.raises(ValueError, match="keys"):
                 pool.map(items, keys=keys)
-        with pytest.raises(ValueError, match="shorter"):
-            pool.map(iter([1, 2, 3]), keys=iter([1]))
-        with pytest.raises(ValueError, match="longer"):
+        # Iterators reveal their lengths only as they are read: the items paired with a key
+        # are processed, and InputError accounts for them (see tests/test_input_errors.py).
+        with pytest.raises(InputError, match="shorter") as info:
+            pool.map(iter([-1, -2, -3]), keys=iter([1]))
+        assert (info.value.submitted, info.value.partial) == (1, [1])
+        with pytest.raises(InputError, match="longer"):
             pool.map(iter([1, 2]), keys=iter([1, 2, 3]))
         assert pool.map([-1, -2], keys=["a", "b"]) == [1, 2]  # the pool is still fine
 
@@ -426,3 +438,28 @@ def test_wait_does_not_wait_for_work_submitted_after_it() -> None:
         assert mine.done() and mine.result() == -1
         assert still_producing
         assert [f.result(timeout=120) for f in produced] == list(range(len(produced)))
+
+
+class WhichShard(Shard):
+    def process_item(self, item: Any) -> int:
+        return self.shard_id
+
+
+def test_range_strategy_with_num_shards_derived_at_start() -> None:
+    # 2 actors -> 16 shards by default, known only at start: 15 boundaries fit.
+    bounds = [100 * i for i in range(1, 16)]
+    keys = list(range(0, 1600, 7))
+    with ShardPool(
+        WhichShard, strategy="range", num_actors=2, strategy_options={"boundaries": bounds}
+    ) as pool:
+        assert pool.map(keys, keys=keys) == np.searchsorted(bounds, keys, side="right").tolist()
+        assert pool.num_shards == 16
+
+
+def test_range_boundaries_that_do_not_fit_the_derived_num_shards() -> None:
+    pool = ShardPool(abs, strategy="range", num_actors=2, strategy_options={"boundaries": [1, 2]})
+    try:
+        with pytest.raises(ConfigError, match=r"range needs num_shards - 1 = 15 boundaries, got 2"):
+            pool.map([1], keys=[1])
+    finally:
+        pool.close()

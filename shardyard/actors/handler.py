@@ -2,11 +2,14 @@
 
 Three kinds of handler reach an actor:
 
-* a plain function called per item (``ShardPool(fn)``): a failing item fails alone;
+* a plain function called per item (``ShardPool(fn)``): each item runs exactly once, and a
+  failing item fails alone (the items before and after it keep their outputs);
 * a plain function over a whole batch (``ShardPool(fn, batched=True)``): it must return one
   output per item; when it raises, the batch is re-run item by item (the function is
   stateless, so that is safe) to pin the failure on the items that cause it;
-* a :class:`~shardyard.actors.shard.Shard` instance, whose ``process`` runs the batch.
+* a :class:`~shardyard.actors.shard.Shard` instance, whose ``process`` runs the batch; when
+  it overrides only ``process_item``, items run exactly once each, as for a per-item function
+  (never re-run: that would apply them to the shard's state twice).
 
 Errors travel as :class:`ItemFailure` records: position in the batch, the pickled original
 exception (when it pickles) and the formatted traceback.
@@ -15,46 +18,16 @@ exception (when it pickles) and the formatted traceback.
 from __future__ import annotations
 
 import inspect
-import pickle
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray import cloudpickle
 
 from shardyard.actors.shard import Shard
+from shardyard.protocol import ItemFailure
 
 __all__ = ["ItemFailure", "as_batch", "ensure_picklable", "run_batch"]
-
-
-@dataclass(frozen=True, slots=True)
-class ItemFailure:
-    """One failed item of a batch, ready to cross process boundaries."""
-
-    position: int
-    cause: bytes | None  # pickle of the original exception, None when it does not pickle
-    traceback: str
-
-    @classmethod
-    def capture(cls, position: int, exc: BaseException) -> ItemFailure:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        try:
-            cause: bytes | None = pickle.dumps(exc)
-        except Exception:
-            cause = None
-        return cls(position, cause, tb)
-
-    def exception(self) -> BaseException | None:
-        """The original exception object, or ``None`` when it could not be transported."""
-        if self.cause is None:
-            return None
-        try:
-            exc = pickle.loads(self.cause)
-        except Exception:
-            return None
-        return exc if isinstance(exc, BaseException) else None
 
 
 Outputs = list[Any] | np.ndarray
@@ -91,15 +64,11 @@ def _as_items(batch: Any) -> list[Any]:
 
 
 def _per_item(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
-    items = _as_items(batch)
-    try:
-        return [fn(x) for x in items], []
-    except Exception:
-        pass
-    # Slow path only when something failed: find every failing item.
+    # Exactly one call per item: fn may have side effects (a Shard's process_item updates its
+    # state), so a failure is caught where it happens, never found by running items again.
     out: list[Any] = []
     failures: list[ItemFailure] = []
-    for pos, x in enumerate(items):
+    for pos, x in enumerate(_as_items(batch)):
         try:
             out.append(fn(x))
         except Exception as exc:
@@ -205,6 +174,8 @@ async def run_batch(
         if isinstance(handler, Shard):
             if type(handler).process is Shard.process:
                 # Only process_item is overridden: isolate failures per item.
+                if inspect.iscoroutinefunction(handler.process_item):
+                    return await _per_item_async(handler.process_item, batch)
                 return _per_item(handler.process_item, batch)
             out = handler.process(batch)
             if inspect.isawaitable(out):

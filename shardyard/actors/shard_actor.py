@@ -15,37 +15,40 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 from ray import cloudpickle
 
-from shardyard.actors.handler import ItemFailure, Outputs, ensure_picklable, run_batch
+from shardyard.actors.handler import ensure_picklable, run_batch
 from shardyard.actors.shard import Shard
+from shardyard.protocol import (
+    BARRIER,
+    BarrierReply,
+    BatchReply,
+    CallReply,
+    HostReply,
+    HostRequest,
+    ItemFailure,
+    Stale,
+    WireBatch,
+)
 
-__all__ = ["CONTROL_GROUP", "SNAPSHOT_BARRIER", "STALE", "ShardActor", "remote_shard_actor"]
+__all__ = ["CONTROL_GROUP", "ShardActor", "remote_shard_actor"]
 
 CONTROL_GROUP = "control"
-# A batch payload that asks for the shard's snapshot at its place in the batch order (a
-# barrier, as in Flink's checkpoints), so the state matches exactly the batches before it.
-SNAPSHOT_BARRIER = "__shardyard_snapshot_barrier__"
-# The outputs of a reply for a batch that was waiting its turn when its shard was placed
-# anew (recovery): the driver ignores it and resends the batch to the new placement.
-STALE = "__shardyard_stale__"
-
-BatchReply = tuple[int, int, Outputs | str, list[ItemFailure]]  # outputs, or STALE
 
 
 @dataclass
 class _HostedShard:
     instance: Any  # the Shard instance, or the shared plain function
+    gen: int  # the generation hosted (see shardyard.protocol)
     next_seq: int = 0  # sequence number of the next batch this shard may run
-    # seq -> the batches waiting for their turn (more than one only for resent copies)
-    waiters: dict[int, list[asyncio.Future[bool]]] = field(default_factory=dict)
-    last_reply: BatchReply | None = None  # answered again if the driver resends a batch
-    skipped: set[int] = field(default_factory=set)  # seqs the driver gave up on: not coming
+    waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # seq -> its turn
     items: int = 0
     batches: int = 0
     errors: int = 0
@@ -53,178 +56,136 @@ class _HostedShard:
 
 
 class ShardActor:
-    """Hosts logical shards and runs the user's handler on their batches.
+    """Hosts generations of logical shards and runs the user's handler on their batches.
+
+    The actor hosts nothing until the driver places shards with :meth:`host`; a process
+    that Ray restarts after a crash therefore answers every batch with ``Stale("unhosted")``
+    and a new incarnation id until the driver has restored its shards.
 
     Args:
         handler: a ``Shard`` subclass (one instance per shard) or a plain function.
         batched: for a plain function, whether it takes whole batches.
         actor_index: this actor's index in its pool (for stats and errors).
-        shard_ids: the shards placed on this actor.
-        states: optional ``{shard_id: (state, next_seq)}`` to restore instead of a fresh setup.
     """
 
     def __init__(
-        self,
-        handler: type[Shard] | Callable[[Any], Any],
-        batched: bool,
-        actor_index: int,
-        shard_ids: list[int],
-        states: dict[int, tuple[Any, int]] | None = None,
+        self, handler: type[Shard] | Callable[[Any], Any], batched: bool, actor_index: int
     ) -> None:
         self._handler = handler
         self._batched = batched
         self._index = actor_index
+        self._incarnation = uuid.uuid4().hex  # new for every process Ray starts
         self._shards: dict[int, _HostedShard] = {}  # shard id -> its instance and counters
         self._started = time.time()
-        self._host(shard_ids, states or {})
 
     # --- work -------------------------------------------------------------------------------
 
-    async def run(self, batches: list[tuple[int, int, Any]]) -> list[BatchReply]:
-        """Run one batch per listed shard: ``[(shard_id, seq, items), ...]``.
-
-        Returns:
-            ``[(shard_id, seq, outputs, failures), ...]`` in the order given.
-        """
+    async def run(self, batches: list[WireBatch]) -> CallReply:
+        """Run one batch per listed shard, each in its generation's sequence order."""
         if len(batches) == 1:
-            return [await self._run_one(*batches[0])]
-        return list(await asyncio.gather(*(self._run_one(*b) for b in batches)))
+            return CallReply(self._incarnation, [await self._run_one(batches[0])])
+        replies = await asyncio.gather(*(self._run_one(b) for b in batches))
+        return CallReply(self._incarnation, list(replies))
 
-    async def _run_one(self, shard_id: int, seq: int, batch: Any) -> BatchReply:
-        hosted = self._shards.get(shard_id)
+    async def _run_one(self, b: WireBatch) -> BatchReply | BarrierReply | Stale:
+        hosted = self._shards.get(b.shard_id)
         if hosted is None:
-            raise LookupError(f"shard {shard_id} is not hosted on actor {self._index}")
-        if seq < hosted.next_seq:
-            # A resend of a batch already applied: answer it again, never apply it twice.
-            if hosted.last_reply is not None and hosted.last_reply[1] == seq:
-                return hosted.last_reply
-            # Applied earlier and answered by that earlier run: this copy is stale.
-            return (shard_id, seq, STALE, [])
-        if seq > hosted.next_seq:
+            return Stale(b.shard_id, b.gen, b.seq, "unhosted")
+        if hosted.gen != b.gen or b.seq < hosted.next_seq:
+            return Stale(b.shard_id, b.gen, b.seq, "superseded")
+        if b.seq > hosted.next_seq:
             waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            hosted.waiters.setdefault(seq, []).append(waiter)
+            if b.seq in hosted.waiters:  # the driver never sends a seq twice in a generation
+                return Stale(b.shard_id, b.gen, b.seq, "superseded")
+            hosted.waiters[b.seq] = waiter
             if await waiter:  # superseded: the shard was placed anew meanwhile
-                return (shard_id, seq, STALE, [])
-        reply: BatchReply
-        if isinstance(batch, str) and batch == SNAPSHOT_BARRIER:
-            reply = (shard_id, seq, [_freeze(hosted.instance)], [])
-        elif len(batch) == 0:
-            reply = (shard_id, seq, [], [])  # every item was dropped before sending
+                return Stale(b.shard_id, b.gen, b.seq, "superseded")
+        reply: BatchReply | BarrierReply
+        if b.kind == BARRIER:
+            try:
+                reply = BarrierReply(b.shard_id, b.gen, b.seq, _freeze(hosted.instance), None)
+            except Exception as exc:
+                reply = BarrierReply(b.shard_id, b.gen, b.seq, None, ItemFailure.capture(0, exc))
+        elif len(b.items) == 0:
+            reply = BatchReply(b.shard_id, b.gen, b.seq, [], [])
         else:
             start = time.perf_counter()
-            outputs, failures = await run_batch(hosted.instance, self._batched, batch)
-            outputs, failures = ensure_picklable(outputs, failures)
+            outputs, failures = await run_batch(hosted.instance, self._batched, b.items)
+            if b.pickled:
+                outputs, failures = _pickle_each(outputs, failures)
+            else:
+                outputs, failures = ensure_picklable(outputs, failures)
             hosted.busy_s += time.perf_counter() - start
-            hosted.items += len(batch)
+            hosted.items += len(b.items)
             hosted.batches += 1
             hosted.errors += len(failures)
-            reply = (shard_id, seq, outputs, failures)
-        hosted.last_reply = reply
-        self._advance(hosted, seq + 1)
+            reply = BatchReply(b.shard_id, b.gen, b.seq, outputs, failures)
+        if self._shards.get(b.shard_id) is hosted:
+            hosted.next_seq = b.seq + 1
+            nxt = hosted.waiters.pop(b.seq + 1, None)
+            if nxt is not None and not nxt.done():
+                nxt.set_result(False)
         return reply
-
-    @staticmethod
-    def _advance(hosted: _HostedShard, next_seq: int) -> None:
-        """Move the shard on to ``next_seq`` (past skipped seqs) and wake that batch."""
-        while next_seq in hosted.skipped:
-            hosted.skipped.discard(next_seq)
-            next_seq += 1
-        hosted.next_seq = next_seq
-        # The first copy of the batch runs; resent copies of it answer stale.
-        for i, waiter in enumerate(hosted.waiters.pop(next_seq, ())):
-            if not waiter.done():
-                waiter.set_result(i > 0)
-
-    async def skip(self, seqs: list[tuple[int, int]]) -> None:
-        """Give up on batches ``[(shard_id, seq), ...]`` that will never arrive.
-
-        The driver calls this when a call failed before its batches ran (its arguments did
-        not deserialise here, say), so later batches of those shards do not wait forever.
-        Seqs already passed are ignored. Runs on the work loop, like ``run``.
-        """
-        for sid, seq in seqs:
-            hosted = self._shards.get(sid)
-            if hosted is None or seq < hosted.next_seq:
-                continue
-            hosted.skipped.add(seq)
-            if seq == hosted.next_seq:
-                self._advance(hosted, seq)
 
     # --- placement ----------------------------------------------------------------------------
 
-    async def host_shards(
-        self,
-        shard_ids: list[int],
-        states: dict[int, tuple[Any, int]],
-        skipped: dict[int, list[int]] | None = None,
-    ) -> None:
-        """Place shards here: fresh (``setup``), then ``restore`` where ``states`` has a state.
+    def host(self, requests: list[HostRequest]) -> HostReply:
+        """Place shard generations here: fresh (``setup``), or ``restore``d from a state.
 
-        Runs on the work loop (not the control group), so a shard is never replaced while
-        one of its batches is part-way through.
+        A plain (not ``async``) method, so it runs without yielding on the work loop: no
+        batch interleaves with a placement. Batches still waiting on a replaced generation
+        answer ``Stale``.
 
-        Args:
-            shard_ids: the shards to host (replacing any hosted instance of them).
-            states: ``{shard_id: (frozen state or None, next_seq)}``, as made by a snapshot
-                barrier or ``snapshot()``; the shard accepts batches from
-                ``next_seq`` on.
-            skipped: ``{shard_id: seqs}`` that will never arrive (failed or already
-                answered), passed over when the shard reaches them.
+        Returns:
+            The incarnation, and the shards whose ``setup``/``restore`` raised (those are
+            not hosted).
         """
-        self._host(shard_ids, states)
-        for sid, seqs in (skipped or {}).items():
-            hosted = self._shards[sid]
-            hosted.skipped.update(s for s in seqs if s >= hosted.next_seq)
-            self._advance(hosted, hosted.next_seq)
-
-    def _host(self, shard_ids: list[int], states: dict[int, tuple[Any, int]]) -> None:
-        for sid in shard_ids:
-            old = self._shards.get(sid)
+        failures: dict[int, ItemFailure] = {}
+        for req in requests:
+            old = self._shards.pop(req.shard_id, None)
             if old is not None:
-                # Batches still waiting for their turn on the old placement answer "stale"
-                # instead of hanging; the driver resends them.
-                for waiting in old.waiters.values():
-                    for waiter in waiting:
-                        if not waiter.done():
-                            waiter.set_result(True)
-            instance: Any = self._handler
-            state, next_seq = states.get(sid, (None, 0))
-            if isinstance(self._handler, type) and issubclass(self._handler, Shard):
-                instance = self._handler()
-                instance.shard_id = sid
-                instance.setup(sid)
-                if state is not None:
-                    instance.restore(cloudpickle.loads(state))
-            self._shards[sid] = _HostedShard(instance, next_seq=next_seq)
+                for waiter in old.waiters.values():
+                    if not waiter.done():
+                        waiter.set_result(True)
+            try:
+                instance = self._new_instance(req.shard_id, req.state)
+            except Exception as exc:
+                failures[req.shard_id] = ItemFailure.capture(0, exc)
+                continue
+            self._shards[req.shard_id] = _HostedShard(instance, req.gen)
+        return HostReply(self._incarnation, failures)
+
+    def _new_instance(self, sid: int, state: bytes | None) -> Any:
+        if not (isinstance(self._handler, type) and issubclass(self._handler, Shard)):
+            return self._handler
+        instance = self._handler()
+        instance.shard_id = sid
+        instance.setup(sid)
+        if state is not None:
+            instance.restore(cloudpickle.loads(state))
+        return instance
 
     @ray.method(concurrency_group=CONTROL_GROUP)
-    def snapshot(self, shard_ids: list[int] | None = None) -> dict[int, tuple[Any, int]]:
-        """``{shard_id: (frozen state, next_seq)}`` of the given (default: all) shards."""
-        ids = list(self._shards) if shard_ids is None else shard_ids
-        out: dict[int, tuple[Any, int]] = {}
-        for sid in ids:
-            hosted = self._shards[sid]
-            if isinstance(hosted.instance, Shard):
-                out[sid] = (_freeze(hosted.instance), hosted.next_seq)
-        return out
-
-    # --- results and health (control) ----------------------------------------------------------
-
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    def results(self) -> dict[int, Any]:
-        """``{shard_id: partial result}`` of every hosted shard."""
-        return {
-            sid: h.instance.result() if isinstance(h.instance, Shard) else None
+    def results(self) -> tuple[str, dict[int, tuple[int, Any]]]:
+        """The incarnation, and ``{shard_id: (generation, partial result)}`` of every shard."""
+        return self._incarnation, {
+            sid: (h.gen, h.instance.result() if isinstance(h.instance, Shard) else None)
             for sid, h in self._shards.items()
         }
 
     @ray.method(concurrency_group=CONTROL_GROUP)
-    def reduce_local(self, combine: Callable[[Any, Any], Any]) -> Any:
-        """Combine this actor's partials in place, so only one value leaves the process."""
+    def reduce_local(self, combine: Callable[[Any, Any], Any]) -> tuple[str, dict[int, int], Any]:
+        """Combine this actor's partials in place, so only one value leaves the process.
+
+        Returns:
+            The incarnation, ``{shard_id: generation}`` of the shards combined, and the value.
+        """
         acc: Any = None
         first = True
+        gens: dict[int, int] = {}
         for sid in sorted(self._shards):
             h = self._shards[sid]
+            gens[sid] = h.gen
             part = h.instance.result() if isinstance(h.instance, Shard) else None
             if first:
                 # A private copy: combine may update its first argument in place, and the
@@ -233,7 +194,7 @@ class ShardActor:
                 first = False
             else:
                 acc = combine(acc, part)
-        return acc
+        return self._incarnation, gens, acc
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def stats(self) -> dict[str, Any]:
@@ -241,6 +202,7 @@ class ShardActor:
         ctx = ray.get_runtime_context()
         return {
             "actor_index": self._index,
+            "incarnation": self._incarnation,
             "pid": os.getpid(),
             "node_id": ctx.get_node_id(),
             "uptime_s": time.time() - self._started,
@@ -250,8 +212,9 @@ class ShardActor:
                     "batches": h.batches,
                     "errors": h.errors,
                     "busy_s": h.busy_s,
+                    "gen": h.gen,
                     "next_seq": h.next_seq,
-                    "waiting": sum(len(w) for w in h.waiters.values()),
+                    "waiting": len(h.waiters),
                 }
                 for sid, h in self._shards.items()
             },
@@ -259,8 +222,8 @@ class ShardActor:
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def health(self) -> str:
-        """``"ok"`` while the actor's control loop answers."""
-        return "ok"
+        """This process's incarnation id (a restarted actor answers a new one)."""
+        return self._incarnation
 
 
 def _freeze(instance: Any) -> bytes | None:
@@ -273,6 +236,24 @@ def _freeze(instance: Any) -> bytes | None:
     if not isinstance(instance, Shard):
         return None
     return cloudpickle.dumps(instance.snapshot())
+
+
+def _pickle_each(outputs: Any, failures: list[ItemFailure]) -> tuple[list[Any], list[ItemFailure]]:
+    """Each output pickled on its own, so the driver can load them one by one."""
+    failed = {f.position for f in failures}
+    out: list[Any] = []
+    extra: list[ItemFailure] = []
+    for pos, value in enumerate(outputs.tolist() if isinstance(outputs, np.ndarray) else outputs):
+        if pos in failed:
+            out.append(None)
+            continue
+        try:
+            out.append(cloudpickle.dumps(value))
+        except Exception as exc:
+            out.append(None)
+            err = TypeError(f"the handler's output cannot be pickled: {exc}")
+            extra.append(ItemFailure.capture(pos, err))
+    return out, sorted([*failures, *extra], key=lambda f: f.position)
 
 
 def remote_shard_actor(**options: Any) -> Any:

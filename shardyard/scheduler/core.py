@@ -1,133 +1,109 @@
-"""The dispatcher: an asyncio core in a background thread, talking to the shard actors.
+"""The scheduler core: an asyncio loop in a background thread that talks to the shard actors.
 
-Producers (user threads) hand over per-shard segments, or single submitted items, through
-lock-free inboxes and wake the core at most once per burst. The core keeps one queue per
-shard and, per actor, a bounded number of Ray calls in flight; each call carries the ready
-batch of every shard of that actor that has items (micro-batching: while an actor is busy,
-items pile up and the next call carries them all). Replies are routed back to the sinks.
+The core is the I/O shell around three pure parts, all guarded by one re-entrant lock:
 
-Threads: the dispatch state is guarded by one re-entrant lock, held by whichever thread
-drives it. Bulk work (draining inboxes, timers, recovery) runs on the core's event loop.
-Replies are handled on Ray's completion-callback thread as they land, so a result reaches
-its waiter without a hop through the loop; only the follow-up sends go back to the loop
-(Ray calls are not made from Ray's callback thread). A submit to an idle pool dispatches
-from the caller's thread when the lock is free. Both short cuts remove thread hand-offs
-from the single-item round trip; under load everything still batches through the loop.
+* :class:`~shardyard.scheduler.ledger.Ledger`: sequence numbers, unanswered batches,
+  snapshots, recovery plans; what to deliver;
+* :class:`~shardyard.scheduler.dispatch.Dispatch`: queues, the pull queue, per-actor slots;
+  what to send next;
+* :class:`~shardyard.scheduler.completion.Completion`: unfinished items, for ``wait``.
 
-Exactly-once: each shard's batches carry sequence numbers. A batch stays "unacked" until
-its reply arrives; a reply for a batch no longer unacked is ignored. When an actor dies,
-Ray restarts it; the core restores its shards (the last snapshot of a ``Shard``, taken as an
-in-stream barrier every ``checkpoint_every`` batches, plus a replay of the batches since)
-and resends the unacked batches in order.
+The core keeps the thread, the inbox that user threads hand work through, the Ray calls,
+and the coroutines that place shards (at start and after every death) and watch the actors.
+
+Liveness does not depend on traffic. Every actor process has an incarnation id; the core
+knows the one that hosts its shards. A death is seen by whichever comes first: a call
+that fails because its actor died, a reply (a ``Stale("unhosted")`` one) from a new
+incarnation, or the watchdog's health check, which runs every ``health_interval_s`` whether
+or not work is flowing. Each death of a known incarnation is handled once: the ledger
+re-plans the actor's shards (new generations), and one placing coroutine per actor
+restores them on the restarted process, retrying through further deaths (during a restore
+too) until the restart budget is spent, which ends the shards' items with
+:class:`~shardyard.errors.ActorLostError`.
+
+Threads: replies are handled on Ray's completion-callback thread as they land (no hop
+through the loop); follow-up sends go through the loop (Ray calls are not made from Ray's
+callback thread). A submit to an idle pool dispatches from the caller's thread when the
+lock is free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
+import ray
 from ray import cloudpickle
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    RaySystemError,
+    RayTaskError,
+)
 
-from shardyard.actors.handler import ItemFailure
-from shardyard.actors.shard_actor import SNAPSHOT_BARRIER, STALE
 from shardyard.errors import (
     ActorLostError,
     PoolClosedError,
     SerializationError,
-    ShardyardError,
-    TaskError,
+    ShardFailedError,
 )
+from shardyard.protocol import REPLAY, WORK, HostRequest, Stale
+from shardyard.scheduler.completion import Completion
+from shardyard.scheduler.dispatch import Dispatch
 from shardyard.scheduler.futures import ShardFuture
+from shardyard.scheduler.ledger import Batch, Delivery, Ledger
 from shardyard.scheduler.partition import PULL, Partitioner
 from shardyard.scheduler.segments import Segment, concat_items
 from shardyard.scheduler.sinks import Failures, FutureSink
 
-__all__ = ["Core"]
+__all__ = ["Core", "kill_quietly"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
-@dataclass(slots=True)
-class _Batch:
-    shard_id: int
-    seq: int
-    segments: list[Segment]  # in item order; empty for a snapshot barrier
-    payload: Any  # what was sent (kept for a resend after an actor death)
-
-    @property
-    def is_barrier(self) -> bool:
-        return isinstance(self.payload, str) and self.payload == SNAPSHOT_BARRIER
-
-
-_Delivery = tuple[Segment, Any, Failures]  # (segment, its outputs, its failures)
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Call:
-    """One Ray call in flight: its batches, and whether its outcome was handled."""
+    """One Ray call in flight."""
 
-    actor: _ActorSlot
-    batches: list[_Batch]
-    ref: Any  # the ObjectRef, kept alive until the outcome is handled
-    handled: bool = False
-
-
-@dataclass(slots=True)
-class _ShardState:
     actor: int
-    queue: deque[Segment] = field(default_factory=deque)  # segments not yet batched
-    queued: int = 0  # items in queue
-    next_seq: int = 0  # seq of the next batch cut for this shard
-    unacked: dict[int, _Batch] = field(default_factory=dict)  # seq -> batch awaiting reply
-    replay: list[_Batch] = field(default_factory=list)  # acked since the last snapshot
-    snapshot: tuple[Any, int] | None = None  # (state, next_seq) from the last barrier
-    since_snapshot: int = 0
-    barrier_pending: bool = False
-    items: int = 0  # finished items (driver view)
-    batches: int = 0
-    errors: int = 0
-
-
-@dataclass(slots=True)
-class _ActorSlot:
-    index: int
-    handle: Any
-    shards: list[int]
-    ready: set[int] = field(default_factory=set)  # shards with queued items
-    barriers: list[_Batch] = field(default_factory=list)  # snapshot barriers to send
-    pull_cursor: int = 0  # rotates keyless batches over this actor's shards
-    inflight: int = 0  # Ray calls in flight
-    outstanding: int = 0  # items queued or in flight on this actor
-    recovering: bool = False
-    restarts: int = 0
+    batches: list[Batch]
+    ref: Any  # the ObjectRef, kept alive until the outcome is handled
+    incarnation: str | None  # the process it was sent to
+    alone: bool
+    done: bool = False  # handled, or orphaned by the death of its actor
 
 
 class Core:
-    """The scheduler's event loop thread and dispatch state (one per pool).
+    """The scheduler's loop thread, its inbox, and the Ray I/O of one pool.
 
     Args:
-        actors: Ray actor handles of ``ShardActor``.
+        actors: Ray actor handles of ``ShardActor`` (hosting nothing yet).
         placement: ``placement[shard_id]`` = actor index.
         partitioner: splits submitted items into shards.
         max_batch_size: items per shard batch.
         max_batch_wait_s: hold partly filled batches this long while an actor has room.
         max_inflight: Ray calls in flight per actor.
-        max_retries: actor deaths survived per actor.
+        max_retries: deaths of one actor recovered from (the restart budget).
         stateful: the handler is a ``Shard`` (keep snapshots and replay logs).
         checkpoint_every: batches between snapshot barriers of a stateful shard (None: off).
         submit_sink: the sink of ``submit`` futures.
+        health_interval_s: seconds between the watchdog's health checks.
+        restart_timeout_s: how long a dead actor may take to come back before its shards'
+            items fail.
+        max_snapshot_failures: consecutive failed snapshots before a shard fails.
     """
 
     def __init__(
@@ -143,33 +119,44 @@ class Core:
         stateful: bool,
         checkpoint_every: int | None,
         submit_sink: FutureSink,
+        health_interval_s: float = 1.0,
+        restart_timeout_s: float = 60.0,
+        max_snapshot_failures: int = 3,
     ) -> None:
         self.partitioner = partitioner
-        self._max_batch = max_batch_size
-        self._max_wait = max_batch_wait_s
-        self._max_inflight = max_inflight
+        self._handles = actors
         self._max_retries = max_retries
-        self._stateful = stateful
-        self._checkpoint_every = checkpoint_every if stateful else None
         self._submit_sink = submit_sink
-        self._actors = [
-            _ActorSlot(i, h, np.flatnonzero(placement == i).tolist()) for i, h in enumerate(actors)
-        ]
-        self._shards = [_ShardState(int(a)) for a in placement.tolist()]
+        self._health_interval = health_interval_s
+        self._restart_timeout = restart_timeout_s
+        self._lock = threading.RLock()  # guards everything below; see the module docstring
+        self.ledger = Ledger(
+            placement.tolist(),
+            stateful=stateful,
+            checkpoint_every=checkpoint_every,
+            max_snapshot_failures=max_snapshot_failures,
+        )
+        n = len(actors)
+        self.dispatch = Dispatch(
+            self.ledger,
+            [np.flatnonzero(placement == a).tolist() for a in range(n)],
+            max_batch=max_batch_size,
+            max_inflight=max_inflight,
+            max_wait=max_batch_wait_s,
+        )
+        self.completion = Completion()
+        self._incarnation: list[str | None] = [None] * n  # the process hosting the shards
+        self._placing = [False] * n  # a placing coroutine runs for the actor
+        self._deaths = [0] * n  # deaths charged to the restart budget
+        self._restarts = [0] * n  # deaths recovered from, all causes (a stat)
+        self._calls: list[set[_Call]] = [set() for _ in range(n)]  # calls in flight
+        self._timers = [False] * n  # a held-batch timer is set for the actor
         # Work handed over by user threads, in order: a list of (shard id, segment) per map
         # chunk, or an (item, key, future) tuple per submit.
         self._inbox: deque[list[tuple[int, Segment]] | tuple[Any, Any, Any]] = deque()
         self._wakeup_scheduled = False  # a drain is already scheduled on the loop
         self._closing = False
-        self._lock = threading.RLock()  # guards the dispatch state; see the module docstring
-        self._pull_queue: deque[Segment] = deque()  # keyless segments, pulled by actors
-        self._pull_queued = 0  # items in _pull_queue
-        self._outstanding = 0  # items received by the core and not yet finished
-        self._epoch = 0  # wait epoch: wait_idle() closes one and waits for it to empty
-        self._open_by_epoch: dict[int, int] = {}  # epoch -> its unfinished items
-        self._idle = threading.Condition()  # notified when an epoch's last item finishes
-        self._idle_gen = 0  # bumped (under _lock and _idle) each time an epoch empties
-        self._first_wait: dict[int, float] = {}  # actor -> when its oldest held item arrived
+        self._tasks: set[asyncio.Task[Any]] = set()  # placing and watchdog coroutines
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="shardyard-core", daemon=True)
         self._thread.start()
@@ -184,13 +171,38 @@ class Core:
         """Run ``coro`` on the core loop and wait for its result from any thread."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start(self, timeout: float) -> None:
+        """Place every actor's shards (``setup`` runs there) and start the watchdog.
+
+        Raises:
+            ShardFailedError: a shard's ``setup`` raised (with its traceback).
+            TimeoutError: the actors did not all answer within ``timeout`` seconds.
+        """
+
+        async def place_all() -> None:
+            await asyncio.gather(*(self._place(a) for a in range(len(self._handles))))
+
+        for a in range(len(self._handles)):
+            self._placing[a] = True
+        self.call(place_all(), timeout)
+        with self._lock:
+            for book in self.ledger.books:
+                if book.failed is not None:
+                    raise book.failed
+        self._loop.call_soon_threadsafe(self._spawn, self._watch())
+
     def stop(self) -> None:
         """Stop the loop thread; unfinished items fail with ``PoolClosedError``.
 
         Call ``wait_idle`` first to let them finish instead.
         """
         self._closing = True  # actors are about to be killed: no recovery from here on
-        self._fail_all(PoolClosedError("the pool was closed before this item finished"))
+        self.fail_all(PoolClosedError("the pool was closed before this item finished"))
         if not self._thread.is_alive():
             return
 
@@ -202,6 +214,8 @@ class Core:
 
         try:
             self.call(cancel_all(), timeout=10)
+        except Exception:  # a wedged loop must not keep close() from releasing the actors
+            log.warning("shardyard: the core loop did not stop cleanly", exc_info=True)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
@@ -210,7 +224,7 @@ class Core:
 
     def actor_loads(self) -> list[int]:
         """Unfinished items per actor (read racily from producer threads: a hint)."""
-        return [a.outstanding for a in self._actors]
+        return self.dispatch.loads()
 
     # --- producer side (any thread) ---------------------------------------------------------
 
@@ -233,7 +247,7 @@ class Core:
         self._inbox.append((item, key, future))
         self._refuse_if_closing()
         # Idle pool: dispatch from this thread, skipping the hop to the loop (latency).
-        if self._outstanding == 0 and self._lock.acquire(blocking=False):
+        if self.completion.outstanding == 0 and self._lock.acquire(blocking=False):
             try:
                 self._drain_locked()
             finally:
@@ -245,42 +259,35 @@ class Core:
         # Checked after appending: whatever stop() did not see in the inbox is failed here.
         if self._closing:
             err = PoolClosedError("this ShardPool is closed")
-            self._fail_all(err)
+            self.fail_all(err)
             raise err
 
-    def _fail_all(self, exc: BaseException) -> None:
-        """Fail every item not finished yet: in the inbox, queued, pulled or in flight."""
+    def fail_all(self, exc: BaseException) -> None:
+        """End every unfinished item with ``exc``: in the inbox, queued, or in flight."""
+        out: list[Delivery] = []
         with self._lock:
             while self._inbox:
                 entry = self._inbox.popleft()
                 if type(entry) is tuple:
-                    self._fail_submit(entry, exc)
+                    out.append(self._unroutable(entry, exc))
                     continue
                 for _, seg in entry:
-                    self._count_in(seg)
-                    errs: Failures = [(i, exc) for i in range(len(seg))]
-                    self._flush_later([(seg, [None] * len(seg), errs)])
-            deliveries: list[_Delivery] = []
-            while self._pull_queue:
-                seg = self._pull_queue.popleft()
-                deliveries.append((seg, [None] * len(seg), [(i, exc) for i in range(len(seg))]))
-            self._pull_queued = 0
-            for sid, st in enumerate(self._shards):
-                for b in sorted(st.unacked.values(), key=lambda b: b.seq):
-                    self._fail_batch(b, exc, out=deliveries)
-                while st.queue:
-                    seg = st.queue.popleft()
-                    st.queued -= len(seg)
-                    errs = [(i, exc) for i in range(len(seg))]
-                    self._deliver(seg, [None] * len(seg), errs, sid, out=deliveries)
-        self._flush(deliveries)
+                    self._receive(seg)
+                    out.append((-1, seg, [None] * len(seg), [(i, exc) for i in range(len(seg))]))
+            out += self.dispatch.fail_pull(exc)
+            sids = list(range(len(self.ledger.books)))
+            out += self.dispatch.fail_queued(sids, exc)
+            for sid in sids:
+                if self.ledger.books[sid].failed is None:
+                    out += self.ledger.fail_shard(sid, exc)
+        self._flush(out)
 
     def _wake(self) -> None:
         if not self._wakeup_scheduled:
             self._wakeup_scheduled = True
             self._loop.call_soon_threadsafe(self._drain)
 
-    # --- core side ----------------------------------------------------------------------------
+    # --- core side: input -------------------------------------------------------------------
 
     def _drain(self) -> None:
         # Clear the flag first: a producer appending after this point schedules a new drain.
@@ -292,6 +299,7 @@ class Core:
         # One FIFO inbox for map chunks and single submits, so work of one key keeps the
         # order it was handed over in, whichever API carried it.
         touched: set[int] = set()
+        out: list[Delivery] = []
         inbox = self._inbox
         run: list[tuple[Any, Any, Any]] = []  # consecutive submits, partitioned together
         while inbox:
@@ -300,30 +308,36 @@ class Core:
                 run.append(entry)
                 continue
             if run:
-                self._drain_submits(run, touched)
+                self._drain_submits(run, touched, out)
                 run = []
             for sid, seg in entry:
-                self._enqueue(sid, seg, touched)
+                self._enqueue(sid, seg, touched, out)
         if run:
-            self._drain_submits(run, touched)
+            self._drain_submits(run, touched, out)
+        if out:
+            self._flush_later(out)
         for a in touched:
-            self._kick(self._actors[a])
+            self._kick(a)
 
-    def _drain_submits(self, batch: list[tuple[Any, Any, Any]], touched: set[int]) -> None:
+    def _drain_submits(
+        self, batch: list[tuple[Any, Any, Any]], touched: set[int], out: list[Delivery]
+    ) -> None:
         try:
-            self._route_submits(batch, touched)
+            self._route_submits(batch, touched, out)
         except Exception as exc:
             if len(batch) == 1:
-                self._fail_submit(batch[0], exc)
+                out.append(self._unroutable(batch[0], exc))
                 return
             # A bad key among many: route them one by one, so only the bad one fails.
             for one in batch:
                 try:
-                    self._route_submits([one], touched)
+                    self._route_submits([one], touched, out)
                 except Exception as one_exc:
-                    self._fail_submit(one, one_exc)
+                    out.append(self._unroutable(one, one_exc))
 
-    def _route_submits(self, batch: list[tuple[Any, Any, Any]], touched: set[int]) -> None:
+    def _route_submits(
+        self, batch: list[tuple[Any, Any, Any]], touched: set[int], out: list[Delivery]
+    ) -> None:
         items = [b[0] for b in batch]
         futures = [b[2] for b in batch]
         raw_keys = [b[1] for b in batch]
@@ -349,296 +363,74 @@ class Core:
             for f in seg.ref:
                 if isinstance(f, ShardFuture):
                     f.shard_id = sid
-            self._enqueue(sid, seg, touched)
+            self._enqueue(sid, seg, touched, out)
 
-    def _fail_submit(self, one: tuple[Any, Any, Any], exc: BaseException) -> None:
+    def _unroutable(self, one: tuple[Any, Any, Any], exc: BaseException) -> Delivery:
         """A submitted item whose key cannot be routed ends with that error, alone."""
         item, key, fut = one
         seg = Segment(self._submit_sink, [fut], [item], [key])
-        self._count_in(seg)
-        self._flush_later([(seg, [None], [(0, exc)])])
+        self._receive(seg)
+        return (-1, seg, [None], [(0, exc)])
 
-    def _count_in(self, seg: Segment) -> None:
+    def _receive(self, seg: Segment) -> None:
         """Count ``seg``'s items as received, in the current wait epoch."""
-        seg.epoch = self._epoch
-        self._open_by_epoch[seg.epoch] = self._open_by_epoch.get(seg.epoch, 0) + len(seg)
-        self._outstanding += len(seg)
+        seg.epoch = self.completion.received(len(seg))
 
-    def _enqueue(self, sid: int, seg: Segment, touched: set[int]) -> None:
-        self._count_in(seg)
+    def _enqueue(self, sid: int, seg: Segment, touched: set[int], out: list[Delivery]) -> None:
+        self._receive(seg)
         if sid == PULL:
-            # Keyless work waits in one queue; actors pull from it as they have room.
-            self._pull_queue.append(seg)
-            self._pull_queued += len(seg)
-            touched.update(range(len(self._actors)))
+            self.dispatch.enqueue_pull(seg)
+            touched.update(range(len(self._handles)))
             return
-        st = self._shards[sid]
-        st.queue.append(seg)
-        st.queued += len(seg)
-        actor = self._actors[st.actor]
-        actor.ready.add(sid)
-        actor.outstanding += len(seg)
-        touched.add(st.actor)
+        failed = self.dispatch.enqueue(sid, seg)
+        if failed:
+            out += failed
+            return
+        touched.add(self.ledger.books[sid].actor)
 
-    def _kick_locked(self, actor: _ActorSlot) -> None:
+    # --- core side: sending -------------------------------------------------------------------
+
+    def _kick_locked(self, a: int) -> None:
         with self._lock:
-            self._kick(actor)
+            self._timers[a] = False
+            self._kick(a)
 
-    def _kick(self, actor: _ActorSlot) -> None:
-        """Send calls to ``actor`` while it has room and shards with queued items."""
-        if actor.barriers and not actor.recovering:
-            barriers, actor.barriers = actor.barriers, []
-            self._send(actor, barriers)
-        while (
-            (actor.ready or self._pull_queued)
-            and actor.inflight < self._max_inflight
-            and not actor.recovering
-        ):
-            if self._max_wait > 0 and self._should_hold(actor):
-                return
-            self._first_wait.pop(actor.index, None)
-            batches = [self._cut(sid) for sid in sorted(actor.ready)]
-            actor.ready = {sid for sid in actor.ready if self._shards[sid].queued}
-            if self._pull_queued:
-                batches += self._pull(actor)
-            self._send(actor, batches)
+    def _kick(self, a: int) -> None:
+        """Send actor ``a`` what the dispatch policy says it may have now."""
+        if self._incarnation[a] is None or self._closing:
+            return  # being placed: its placing coroutine kicks it when done
+        calls, hold = self.dispatch.next_calls(a, time.monotonic())
+        for batches in calls:
+            self._send(a, batches)
+        if hold is not None and not self._timers[a]:
+            self._timers[a] = True
+            delay = max(0.0, hold - time.monotonic())
+            self._loop.call_soon_threadsafe(self._loop.call_later, delay, self._kick_locked, a)
 
-    def _pull(self, actor: _ActorSlot) -> list[_Batch]:
-        """Keyless batches for ``actor`` from the pull queue (guided self-scheduling).
-
-        Each call takes a share of what is left, ``remaining / (actors * in-flight)``, at
-        least one item and at most one full batch per shard of the actor: large pieces while
-        the queue is long (few calls), small ones at the tail, so a slow or busy actor is
-        not left holding the last big piece.
-        """
-        share = -(-self._pull_queued // (len(self._actors) * self._max_inflight))
-        take = min(self._pull_queued, max(1, share), self._max_batch * len(actor.shards))
-        batches: list[_Batch] = []
-        while take > 0:
-            sid = actor.shards[actor.pull_cursor % len(actor.shards)]
-            actor.pull_cursor += 1
-            room = min(take, self._max_batch)
-            segments = _take_items(self._pull_queue, room)
-            n = sum(len(s) for s in segments)
-            self._pull_queued -= n
-            actor.outstanding += n
-            take -= n
-            batches.append(self._new_batch(sid, segments))
-        return batches
-
-    def _should_hold(self, actor: _ActorSlot) -> bool:
-        # Ray Serve's batch_wait_timeout_s: a partly filled batch waits a little for more.
-        if self._pull_queued >= self._max_batch or any(
-            self._shards[sid].queued >= self._max_batch for sid in actor.ready
-        ):
-            self._first_wait.pop(actor.index, None)
-            return False
-        now = time.monotonic()
-        first = self._first_wait.setdefault(actor.index, now)
-        remaining = first + self._max_wait - now
-        if remaining <= 0:
-            return False
-        self._loop.call_soon_threadsafe(self._loop.call_later, remaining, self._kick_locked, actor)
-        return True
-
-    def _cut(self, sid: int) -> _Batch:
-        """The next batch of shard ``sid``: up to ``max_batch_size`` items from its queue."""
-        st = self._shards[sid]
-        segments = _take_items(st.queue, self._max_batch)
-        st.queued -= sum(len(s) for s in segments)
-        return self._new_batch(sid, segments)
-
-    def _new_batch(self, sid: int, segments: list[Segment]) -> _Batch:
-        """Number ``segments`` as the next batch of shard ``sid`` and mark it unacked."""
-        st = self._shards[sid]
-        batch = _Batch(sid, st.next_seq, segments, concat_items(segments))
-        st.next_seq += 1
-        st.unacked[batch.seq] = batch
-        return batch
-
-    def _send(self, actor: _ActorSlot, batches: list[_Batch]) -> None:
-        wire = [(b.shard_id, b.seq, b.payload) for b in batches]
+    def _send(self, a: int, batches: list[Batch]) -> None:
+        alone = self.dispatch.actors[a].alone and len(batches) == 1 and batches[0].alone
         try:
-            ref = actor.handle.run.remote(wire)
+            ref = self._handles[a].run.remote([b.wire() for b in batches])
         except Exception as exc:
-            if self._unserializable(actor, batches, exc):
-                return
-            raise
-        actor.inflight += 1
-        call = _Call(actor, batches, ref)
+            self._flush_later(self._unsendable(a, batches, exc, alone))
+            return
+        call = _Call(a, batches, ref, self._incarnation[a], alone)
+        self._calls[a].add(call)
         # Handled on Ray's completion-callback thread (see the module docstring).
         ref.future().add_done_callback(partial(self._on_call_future, call))
 
-    def _on_call_future(self, call: _Call, done: concurrent.futures.Future[Any]) -> None:
-        exc = done.exception()
-        self._on_call_done(call, None if exc is not None else done.result(), exc)
+    def _unsendable(
+        self, a: int, batches: list[Batch], exc: Exception, alone: bool
+    ) -> list[Delivery]:
+        """The call could not even be serialised: fail the items that do not pickle.
 
-    def _on_call_done(self, call: _Call, replies: Any, exc: BaseException | None) -> None:
-        """Handle a call's outcome, once."""
-        deliveries: list[_Delivery] = []
-        actor = call.actor
-        skip: list[tuple[int, int]] = []
-        with self._lock:
-            if call.handled:
-                return
-            call.handled = True
-            actor.inflight -= 1
-            if exc is None:
-                for (sid, seq, outputs, failures), b in zip(replies, call.batches, strict=True):
-                    try:
-                        self._on_reply(sid, seq, outputs, failures, out=deliveries)
-                    except Exception as err:  # never let one reply strand the others
-                        log.exception("shardyard: bad reply for shard %d", b.shard_id)
-                        self._fail_batch(b, err, out=deliveries)
-            elif not isinstance(exc, _ACTOR_GONE):
-                # The call itself failed (not the user's handler, whose errors come as
-                # replies), e.g. its arguments did not deserialise in the actor: fail its
-                # items with the cause, and tell the actor those seqs are not coming.
-                for b in call.batches:
-                    if b.seq in self._shards[b.shard_id].unacked:
-                        skip.append((b.shard_id, b.seq))
-                    self._fail_batch(b, exc, out=deliveries)
-            more = bool(actor.ready or actor.barriers or self._pull_queued)
-        self._flush(deliveries)
-        if isinstance(exc, _ACTOR_GONE):
-            if not self._closing:
-                self._loop.call_soon_threadsafe(self._start_recovery, actor, exc)
-            return
-        if skip and not self._closing:
-            self._loop.call_soon_threadsafe(self._send_skip, actor, skip)
-        if more:
-            self._loop.call_soon_threadsafe(self._kick_locked, actor)
-
-    def _send_skip(self, actor: _ActorSlot, seqs: list[tuple[int, int]]) -> None:
-        actor.handle.skip.remote(seqs)
-
-    def _on_reply(
-        self,
-        sid: int,
-        seq: int,
-        outputs: Any,
-        failures: list[ItemFailure],
-        out: list[_Delivery] | None = None,
-    ) -> None:
-        if isinstance(outputs, str) and outputs == STALE:
-            return  # waited on a placement that recovery replaced; resent there
-        st = self._shards[sid]
-        batch = st.unacked.pop(seq, None)
-        if batch is None:
-            return  # a duplicate (resent batch answered twice), or a replayed one
-        if batch.is_barrier:
-            st.snapshot = (outputs[0], seq + 1)
-            st.replay = [b for b in st.replay if b.seq > seq]
-            st.barrier_pending = False
-            return
-        if self._checkpoint_every is not None:
-            st.replay.append(batch)
-            st.since_snapshot += 1
-            if st.since_snapshot >= self._checkpoint_every and not st.barrier_pending:
-                self._queue_barrier(sid)
-        st.batches += 1
-        by_offset = {f.position: f for f in failures} if failures else None
-        off = 0
-        for seg in batch.segments:
-            n = len(seg)
-            seg_failures: Failures = []
-            if by_offset:
-                for i in range(n):
-                    f = by_offset.get(off + i)
-                    if f is not None:
-                        err = TaskError(sid, seg.key_at(i), f.exception(), f.traceback)
-                        seg_failures.append((i, err))
-            self._deliver(seg, outputs[off : off + n], seg_failures, sid, out)
-            off += n
-
-    def _deliver(
-        self,
-        seg: Segment,
-        outputs: Any,
-        failures: Failures,
-        sid: int,
-        out: list[_Delivery] | None = None,
-    ) -> None:
-        """Count a segment as finished and hand it to its sink (now, or via ``out``)."""
-        st = self._shards[sid]
-        st.items += len(seg)
-        st.errors += len(failures)
-        self._actors[st.actor].outstanding -= len(seg)
-        if out is not None:
-            out.append((seg, outputs, failures))
-        else:
-            self._flush_later([(seg, outputs, failures)])
-
-    def _flush_later(self, deliveries: list[_Delivery]) -> None:
-        """Deliver on the loop: callers hold the core lock, and delivering runs the user's
-        done-callbacks, which must not run under it."""
-        if self._loop.is_running() and not self._closing:
-            self._loop.call_soon_threadsafe(self._flush, deliveries)
-        else:
-            self._flush(deliveries)
-
-    def _flush(self, deliveries: list[_Delivery]) -> None:
-        """Run sink deliveries (outside the lock when possible), then count them done."""
-        done = 0
-        try:
-            for seg, outputs, failures in deliveries:
-                seg.sink.deliver(seg, outputs, failures)
-                done += 1
-        finally:
-            if deliveries:
-                with self._lock:
-                    closed_epoch = False
-                    for seg, _, _ in deliveries:
-                        self._outstanding -= len(seg)
-                        left = self._open_by_epoch[seg.epoch] - len(seg)
-                        if left:
-                            self._open_by_epoch[seg.epoch] = left
-                        else:
-                            del self._open_by_epoch[seg.epoch]
-                            closed_epoch = True
-                    if closed_epoch:
-                        with self._idle:
-                            self._idle_gen += 1
-                            self._idle.notify_all()
-
-    def _fail_batch(
-        self, batch: _Batch, exc: BaseException, out: list[_Delivery] | None = None
-    ) -> None:
-        st = self._shards[batch.shard_id]
-        if st.unacked.pop(batch.seq, None) is None:
-            return
-        if batch.is_barrier:
-            st.barrier_pending = False  # the next batch queues a new one
-        for seg in batch.segments:
-            errs: Failures = []
-            for i in range(len(seg)):
-                if isinstance(exc, ShardyardError):
-                    errs.append((i, exc))
-                else:
-                    tb = ItemFailure.capture(i, exc).traceback
-                    errs.append((i, TaskError(batch.shard_id, seg.key_at(i), exc, tb)))
-            self._deliver(seg, [None] * len(seg), errs, batch.shard_id, out)
-
-    def _queue_barrier(self, sid: int) -> None:
-        st = self._shards[sid]
-        st.barrier_pending = True
-        st.since_snapshot = 0
-        barrier = _Batch(sid, st.next_seq, [], SNAPSHOT_BARRIER)
-        st.next_seq += 1
-        st.unacked[barrier.seq] = barrier
-        # Sent by the next kick (on the loop); while recovering, resent with the other
-        # unacked batches instead.
-        actor = self._actors[st.actor]
-        if not actor.recovering:
-            actor.barriers.append(barrier)
-
-    # --- failures -------------------------------------------------------------------------
-
-    def _unserializable(self, actor: _ActorSlot, batches: list[_Batch], exc: Exception) -> bool:
-        """Fail the items that cannot be pickled; resend the rest. False if none is bad."""
+        The batches never left, so their numbers are still free: the rest is sent again as
+        they are. If no single item is to blame, every item of the call fails with ``exc``.
+        """
+        out: list[Delivery] = []
         found = False
         for b in batches:
-            if b.is_barrier:
+            if b.kind != WORK:
                 continue
             kept: list[Segment] = []
             for seg in b.segments:
@@ -659,187 +451,411 @@ class Core:
                     )
                     for k, i in enumerate(bad_idx.tolist())
                 ]
-                self._deliver(seg.select(bad_idx), [None] * len(bad_idx), errs, b.shard_id)
+                out.append((b.shard_id, seg.select(bad_idx), [None] * len(bad_idx), errs))
+                self.ledger.books[b.shard_id].items += len(bad_idx)
+                self.ledger.books[b.shard_id].errors += len(bad_idx)
                 good = np.flatnonzero(~bad)
                 if len(good):
                     kept.append(seg.select(good))
             b.segments = kept
             b.payload = concat_items(kept) if kept else []
-        if not found:
-            return False
-        self._send(actor, batches)
-        return True
+        if found:
+            self._send(a, batches)  # never sent: the same numbers are still free
+            return out
+        # No single item to blame: the call's items fail, and its shards are placed anew
+        # (the actor waits for the numbers this call held).
+        self.dispatch.call_done(a, alone)
+        for b in batches:
+            out += self.ledger.rehost(b.shard_id, b, exc if b.kind == WORK else None)
+        self._place_later(a)
+        return out
 
-    def _start_recovery(self, actor: _ActorSlot, exc: BaseException) -> None:
-        if not self._closing:
-            self._loop.create_task(self._recover(actor, exc))
+    # --- core side: replies -----------------------------------------------------------------
 
-    async def _recover(self, actor: _ActorSlot, exc: BaseException) -> None:
+    def _on_call_future(self, call: _Call, done: concurrent.futures.Future[Any]) -> None:
+        exc = done.exception()
+        self._on_call_done(call, None if exc is not None else done.result(), exc)
+
+    def _on_call_done(self, call: _Call, reply: Any, exc: BaseException | None) -> None:
+        """Handle a call's outcome, once (an orphaned call is ignored)."""
+        out: list[Delivery] = []
+        a = call.actor
         with self._lock:
-            if actor.recovering:
+            if call.done:
                 return
-            actor.recovering = True
-            actor.restarts += 1
-            actor.barriers.clear()  # unacked barriers are resent with the rest
-        log.warning("shard actor %d died (%s); recovering its shards", actor.index, exc)
-        try:
-            if actor.restarts > self._max_retries:
-                raise ActorLostError(
-                    f"actor {actor.index} died {actor.restarts} times (max_retries="
-                    f"{self._max_retries}); last cause: {exc}"
-                )
-            await self._wait_alive(actor)
-            self._lock.acquire()
-            try:
-                states, skipped, resend = self._recovery_plan(actor, exc)
-            finally:
-                self._lock.release()
-            await actor.handle.host_shards.remote(actor.shards, states, skipped)
-        except Exception as err:
-            lost = err if isinstance(err, ShardyardError) else ActorLostError(str(err))
-            with self._lock:
-                self._fail_actor(actor, lost)
-            return
-        with self._lock:
-            actor.recovering = False
-            for wave in resend:
-                self._send(actor, wave)
-            self._kick(actor)
-
-    def _recovery_plan(
-        self, actor: _ActorSlot, exc: BaseException
-    ) -> tuple[dict[int, tuple[Any, int]], dict[int, list[int]], list[list[_Batch]]]:
-        """Per shard: the state to restore, the seqs to pass over, the batches to resend.
-
-        Replies arrive per call, not per shard, so a shard's acks can come out of order:
-        the seqs between the restart point and ``next_seq`` that are neither replayed nor
-        resent (acked without replay, or failed) are passed to the actor as skipped.
-        """
-        states: dict[int, tuple[Any, int]] = {}
-        skipped: dict[int, list[int]] = {}
-        resend: list[list[_Batch]] = []
-        for sid in actor.shards:
-            st = self._shards[sid]
-            pending = sorted(st.unacked.values(), key=lambda b: b.seq)
-            if self._stateful and self._checkpoint_every is not None:
-                state, seq = st.snapshot if st.snapshot else (None, 0)
-                chain = [b for b in st.replay if b.seq >= seq] + pending
-            elif self._stateful:
-                raise ActorLostError(
-                    f"actor {actor.index} died and checkpoint_every is off: the state of "
-                    f"shards {actor.shards} cannot be rebuilt; last cause: {exc}"
-                )
+            call.done = True
+            self._calls[a].discard(call)
+            self.dispatch.call_done(a, call.alone)
+            if exc is None and reply.incarnation == self._incarnation[a]:
+                for r in reply.replies:
+                    try:
+                        if type(r) is Stale and r.gen == self.ledger.books[r.shard_id].gen:
+                            raise RuntimeError(f"the actor passed over batch {r}")
+                        out += self.ledger.answer(r)
+                    except Exception as err:  # never let one reply strand the others
+                        log.exception("shardyard: bad reply for shard %d", r.shard_id)
+                        b = self.ledger.books[r.shard_id].inflight.get(r.seq)
+                        if b is not None:
+                            out += self.ledger.rehost(r.shard_id, b, err)
+                            self._place_later(a)
+            elif exc is None:
+                # A new process answered (Stale "unhosted"): the one we knew has died.
+                self._lost(a, call.incarnation, RuntimeError("the actor was restarted"), out)
+            elif isinstance(exc, _ACTOR_GONE):
+                self._lost(a, call.incarnation, exc, out)
             else:
-                state, seq = None, pending[0].seq if pending else st.next_seq
-                chain = pending
-            chain.sort(key=lambda b: b.seq)
-            states[sid] = (state, seq)
-            skipped[sid] = sorted(set(range(seq, st.next_seq)) - {b.seq for b in chain})
-            for i, b in enumerate(chain):
-                if i == len(resend):
-                    resend.append([])
-                resend[i].append(b)
-        return states, skipped, resend
+                self._call_failed(call, exc, out)
+            out += self._fail_queued_of_failed(a)
+        self._flush(out)
+        if not self._closing:
+            self._loop.call_soon_threadsafe(self._kick_locked, a)
 
-    def _fail_actor(self, actor: _ActorSlot, lost: BaseException) -> None:
-        """Fail every unfinished item of ``actor``'s shards with ``lost``."""
-        for sid in actor.shards:
-            st = self._shards[sid]
-            for b in sorted(st.unacked.values(), key=lambda b: b.seq):
-                self._fail_batch(b, lost)
-            while st.queue:
-                seg = st.queue.popleft()
-                st.queued -= len(seg)
-                self._deliver(seg, [None] * len(seg), [(i, lost) for i in range(len(seg))], sid)
-        actor.ready.clear()
-        actor.recovering = False
+    def _call_failed(self, call: _Call, exc: BaseException, out: list[Delivery]) -> None:
+        """The call failed, not the handler (whose errors come as replies) nor the actor.
 
-    async def _wait_alive(self, actor: _ActorSlot, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.05
+        Driver side (the reply did not unpickle here): run the batches again, their
+        outputs pickled one by one, so only the outputs that do not load fail. Actor side
+        (the arguments did not unpickle there): a call of one batch fails its items; a call
+        of several is split, each batch sent alone, so only the culprit fails.
+        """
+        if call.incarnation != self._incarnation[call.actor]:
+            return  # its actor was re-placed meanwhile: the batches were re-planned then
+        driver_side = isinstance(exc, RaySystemError) and not isinstance(exc, RayTaskError)
+        err: BaseException
+        for b in call.batches:
+            if b.kind == REPLAY:
+                err = ShardFailedError(
+                    b.shard_id, f"re-applying its log after a restore failed: {exc}"
+                )
+                if self.ledger.books[b.shard_id].failed is None:
+                    out += self.ledger.fail_shard(b.shard_id, err)
+                continue
+            if driver_side and b.kind == WORK:
+                out += self.ledger.rehost(b.shard_id, b, None)
+            elif len(call.batches) > 1 and not b.alone:
+                b.alone = True
+                out += self.ledger.rehost(b.shard_id, b, None)
+                b.pickled = False
+            else:
+                # Each item ends in a TaskError naming its shard and key, with the cause.
+                err = _unwrap(exc)
+                out += self.ledger.rehost(b.shard_id, b, err)
+        self._place_later(call.actor)
+
+    # --- deaths and placing -------------------------------------------------------------------
+
+    def _lost(
+        self, a: int, incarnation: str | None, cause: BaseException, out: list[Delivery]
+    ) -> None:
+        """The process ``incarnation`` of actor ``a`` is gone: re-plan its shards, once."""
+        if incarnation is None or incarnation != self._incarnation[a] or self._closing:
+            return  # an older process, or a death already handled
+        self._incarnation[a] = None
+        self._note_death(a, cause, out)
+        self._place_later(a)
+
+    def _note_death(self, a: int, cause: BaseException, out: list[Delivery]) -> None:
+        slot = self.dispatch.actors[a]
+        for call in self._calls[a]:
+            call.done = True  # its outcome, if it ever comes, is void
+        self._calls[a].clear()
+        self.dispatch.actor_lost(a)
+        delivered, charged = self.ledger.lose_actor(slot.shards)
+        out += delivered
+        self._restarts[a] += 1
+        if not charged:
+            self._deaths[a] += 1
+        log.warning(
+            "shardyard: shard actor %d died (%s); restoring its shards (%d of %d restarts used)",
+            a,
+            cause,
+            self._deaths[a],
+            self._max_retries,
+        )
+        if self._deaths[a] > self._max_retries:
+            self._give_up(
+                a,
+                ActorLostError(
+                    f"actor {a} died {self._deaths[a]} times (max_retries={self._max_retries}); "
+                    f"its shards {slot.shards} cannot be recovered; last cause: {cause}"
+                ),
+                out,
+            )
+
+    def _give_up(self, a: int, err: BaseException, out: list[Delivery]) -> None:
+        slot = self.dispatch.actors[a]
+        slot.failed = True
+        self._incarnation[a] = None
+        for sid in slot.shards:
+            if self.ledger.books[sid].failed is None:
+                out += self.ledger.fail_shard(sid, err)
+        out += self.dispatch.fail_queued(slot.shards)
+        handle = self._handles[a]
+        self._loop.call_soon_threadsafe(kill_quietly, handle)
+
+    def _place_later(self, a: int) -> None:
+        if not self._placing[a] and not self._closing and not self.dispatch.actors[a].failed:
+            self._placing[a] = True
+            self._loop.call_soon_threadsafe(self._spawn, self._place(a))
+
+    async def _place(self, a: int) -> None:
+        """Host actor ``a``'s unplaced shard generations; loops through further deaths."""
+        try:
+            await self._place_loop(a)
+        finally:
+            with self._lock:
+                self._placing[a] = False
+            if not self._closing:
+                self._kick_locked(a)
+
+    async def _place_loop(self, a: int) -> None:
+        handle = self._handles[a]
+        slot = self.dispatch.actors[a]
         while True:
+            with self._lock:
+                if self._closing or slot.failed:
+                    return
+                reqs = [
+                    HostRequest(sid, book.gen, book.snapshot)
+                    for sid in slot.shards
+                    if not (book := self.ledger.books[sid]).placed and book.failed is None
+                ]
+                if not reqs and self._incarnation[a] is not None:
+                    return
+                known = self._incarnation[a]
             try:
-                await actor.handle.health.remote()
+                reply = await asyncio.wait_for(
+                    _await_ref(handle.host.remote(reqs)), self._restart_timeout
+                )
+            except asyncio.TimeoutError:
+                err = ActorLostError(
+                    f"actor {a} did not come back within {self._restart_timeout:.0f} s "
+                    f"(restart_timeout_s){_resources_hint()}"
+                )
+                out: list[Delivery] = []
+                with self._lock:
+                    self._give_up(a, err, out)
+                self._flush(out)
                 return
-            except ActorDiedError:
-                raise
-            except _ACTOR_GONE:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            except ActorUnavailableError:
+                # Coming back: nothing was sent to the unplaced shards, so asking again for
+                # the same generations is safe.
+                await asyncio.sleep(0.1)
+                continue
+            except _ACTOR_GONE as exc:
+                out = []
+                with self._lock:
+                    if self._incarnation[a] is None:
+                        self._note_death(a, exc, out)  # died again while being placed
+                    else:
+                        self._lost(a, self._incarnation[a], exc, out)
+                self._flush(out)
+                continue
+            out = []
+            with self._lock:
+                if known is not None and reply.incarnation != known:
+                    # A new process took the requests: the old one died meanwhile.
+                    self._lost(a, known, RuntimeError("the actor was restarted"), out)
+                    self._flush_later(out)
+                    continue
+                self._incarnation[a] = reply.incarnation
+                for req in reqs:
+                    failure = reply.failures.get(req.shard_id)
+                    if failure is None:
+                        self.ledger.placed(req.shard_id, req.gen)
+                        continue
+                    if self.ledger.books[req.shard_id].gen != req.gen:
+                        continue
+                    failed = ShardFailedError(
+                        req.shard_id,
+                        f"its setup() or restore() raised {failure.exception()!r}",
+                        failure.traceback,
+                    )
+                    out += self.ledger.fail_shard(req.shard_id, failed)
+                out += self.dispatch.fail_queued(slot.shards)
+            self._flush(out)
 
-    # --- waiting ----------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Check every actor's incarnation every ``health_interval_s``, work or no work."""
+        while not self._closing:
+            await asyncio.sleep(self._health_interval)
+            checks = []
+            with self._lock:
+                for a, inc in enumerate(self._incarnation):
+                    if inc is not None and not self._placing[a]:
+                        checks.append((a, inc, self._handles[a].health.remote()))
+            for a, inc, ref in checks:
+                cause: BaseException
+                try:
+                    now = await asyncio.wait_for(_await_ref(ref), 5 * self._health_interval)
+                except (asyncio.TimeoutError, ActorUnavailableError):
+                    continue  # busy, or coming back: look again next round
+                except _ACTOR_GONE as exc:
+                    now, cause = None, exc
+                else:
+                    cause = RuntimeError("the actor was restarted (found by the health check)")
+                if now == inc:
+                    continue
+                out: list[Delivery] = []
+                with self._lock:
+                    self._lost(a, inc, cause, out)
+                self._flush(out)
 
-    def wait_idle(self) -> None:
+    def _fail_queued_of_failed(self, a: int) -> list[Delivery]:
+        slot = self.dispatch.actors[a]
+        return self.dispatch.fail_queued(
+            [s for s in slot.ready if self.ledger.books[s].failed is not None]
+        )
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def _flush_later(self, out: list[Delivery]) -> None:
+        """Deliver on the loop: callers hold the core lock, and delivering runs the user's
+        done-callbacks, which must not run under it."""
+        if not out:
+            return
+        if self._loop.is_running() and not self._closing:
+            self._loop.call_soon_threadsafe(self._flush, out)
+        else:
+            self._flush(out)
+
+    def _flush(self, out: list[Delivery]) -> None:
+        """Hand each delivery to its sink, then count its items done."""
+        if not out:
+            return
+        by_epoch: dict[int, int] = {}
+        for sid, seg, outputs, failures in out:
+            try:
+                seg.sink.deliver(seg, outputs, failures)
+            except Exception:  # counted all the same, so wait() cannot hang on it
+                log.exception("shardyard: delivering results of shard %d failed", sid)
+            by_epoch[seg.epoch] = by_epoch.get(seg.epoch, 0) + len(seg)
+        with self._lock:
+            for sid, seg, _, _ in out:
+                self.dispatch.finished(sid, len(seg))
+        self.completion.finished(by_epoch)
+
+    # --- waiting and stats --------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every item handed to the core before this call has finished.
 
-        Items received later (another thread still submitting) are not waited for: the
-        call closes the current epoch and waits for the epochs up to it to empty.
+        Items received later (another thread still submitting) are not waited for.
+
+        Returns:
+            True when done, False when ``timeout`` passed first.
         """
         with self._lock:
             self._drain_locked()  # what is in the inbox was handed over before this call
-            target = self._epoch
-            self._epoch += 1
+            epoch = self.completion.close_epoch()
+        return self.completion.wait(epoch, timeout)
+
+    def quiesce(self, timeout: float | None = None) -> bool:
+        """Wait until the items handed over before this call ended, every shard is placed,
+        and nothing is in flight (a restore's replays are done): shard state is complete.
+
+        Returns:
+            False when ``timeout`` passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.wait_idle(timeout):
+            return False
         while True:
             with self._lock:
-                done = all(e > target for e in self._open_by_epoch)
-                generation = self._idle_gen
-            if done:
-                return
-            with self._idle:
-                # The generation read under _lock closes the lost-wake-up window.
-                self._idle.wait_for(partial(_changed, self, generation), timeout=1.0)
+                busy = any(self._placing) or any(
+                    b.failed is None and (b.inflight or b.outbox or not b.placed)
+                    for b in self.ledger.books
+                )
+            if not busy:
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
+    def expected(self) -> tuple[list[int], dict[int, BaseException]]:
+        """The generation of each shard, and the failed shards with their errors."""
+        with self._lock:
+            books = self.ledger.books
+            failed = {sid: b.failed for sid, b in enumerate(books) if b.failed is not None}
+            return [b.gen for b in books], failed
+
+    def confirm(self, a: int, incarnation: str) -> bool:
+        """True if ``incarnation`` is the process hosting actor ``a``'s shards; if not, the
+        one we knew has died (an idle death the watchdog has not seen yet): recover it."""
+        out: list[Delivery] = []
+        with self._lock:
+            known = self._incarnation[a]
+            if incarnation == known:
+                return True
+            self._lost(a, known, RuntimeError("the actor was restarted"), out)
+        self._flush(out)
+        return False
 
     def stats(self) -> dict[str, Any]:
         """Driver-side counters per shard and per actor."""
         with self._lock:
-            return self._stats()
-
-    def _stats(self) -> dict[str, Any]:
-        return {
-            "pull_queued": self._pull_queued,
-            "shards": [
-                {
-                    "shard_id": sid,
-                    "actor": st.actor,
-                    "items": st.items,
-                    "batches": st.batches,
-                    "errors": st.errors,
-                    "queued": st.queued,
-                    "in_flight": sum(len(s) for b in st.unacked.values() for s in b.segments),
-                }
-                for sid, st in enumerate(self._shards)
-            ],
-            "actors": [
-                {
-                    "actor": a.index,
-                    "shards": list(a.shards),
-                    "in_flight_calls": a.inflight,
-                    "outstanding": a.outstanding,
-                    "restarts": a.restarts,
-                }
-                for a in self._actors
-            ],
-        }
-
-
-def _take_items(queue: deque[Segment], room: int) -> list[Segment]:
-    """Up to ``room`` items from the front of ``queue``, splitting a segment if needed."""
-    segments: list[Segment] = []
-    while queue and room > 0:
-        seg = queue[0]
-        if len(seg) <= room:
-            queue.popleft()
-        else:
-            seg, queue[0] = seg.split(room)
-        segments.append(seg)
-        room -= len(seg)
-    return segments
+            books = self.ledger.books
+            return {
+                "pull_queued": self.dispatch.pull_queued,
+                "snapshot_failures": self.ledger.snapshot_failures,
+                "shards": [
+                    {
+                        "shard_id": sid,
+                        "actor": b.actor,
+                        "items": b.items,
+                        "batches": b.batches,
+                        "errors": b.errors,
+                        "queued": self.dispatch.queued[sid],
+                        "in_flight": self.ledger.unanswered(sid),
+                        "generation": b.gen,
+                        "replayed_batches": b.replayed,
+                        "retained_batches": self.ledger.retained(sid),
+                        "snapshot_failures": b.snapshot_failures,
+                        "failed": None if b.failed is None else str(b.failed).split("\n")[0],
+                    }
+                    for sid, b in enumerate(books)
+                ],
+                "actors": [
+                    {
+                        "actor": s.index,
+                        "shards": list(s.shards),
+                        "in_flight_calls": s.inflight,
+                        "outstanding": s.outstanding,
+                        "restarts": self._restarts[s.index],
+                        "incarnation": self._incarnation[s.index],
+                        "state": "failed"
+                        if s.failed
+                        else ("placing" if self._incarnation[s.index] is None else "running"),
+                    }
+                    for s in self.dispatch.actors
+                ],
+            }
 
 
-def _changed(core: Core, generation: int) -> bool:
-    return core._idle_gen != generation
+async def _await_ref(ref: Any) -> Any:
+    return await ref
+
+
+def kill_quietly(handle: Any) -> None:
+    """``ray.kill`` an actor for good; one that is gone already is fine."""
+    with contextlib.suppress(Exception):
+        ray.kill(handle, no_restart=True)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _resources_hint() -> str:
+    """What the cluster has free, for errors about actors that cannot be scheduled."""
+    try:
+        free = ray.available_resources()
+        total = ray.cluster_resources()
+    except Exception:
+        return ""
+    cpu = f"CPU {free.get('CPU', 0):g} free of {total.get('CPU', 0):g}"
+    return f"; the cluster has {cpu} (a node lost, or no room to restart it?)"
 
 
 def _pickle_error(x: Any) -> str | None:

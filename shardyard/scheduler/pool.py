@@ -15,12 +15,15 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import pydantic
 import ray
 from ray import cloudpickle
 
@@ -29,8 +32,16 @@ from shardyard.actors.shard import Shard
 from shardyard.actors.shard_actor import remote_shard_actor
 from shardyard.cluster import connect
 from shardyard.config import PoolConfig
-from shardyard.errors import PoolClosedError, SerializationError
-from shardyard.scheduler.core import Core
+from shardyard.errors import (
+    ConfigError,
+    InputError,
+    PoolClosedError,
+    SerializationError,
+    StartTimeoutError,
+    UnknownStrategyError,
+    UnsupportedKeyError,
+)
+from shardyard.scheduler.core import Core, kill_quietly
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import Partitioner
 from shardyard.scheduler.segments import Segment, take
@@ -43,26 +54,42 @@ __all__ = ["ShardPool"]
 Keys = Iterable[Any] | Callable[[Any], Any] | None
 
 
+class _Unset:
+    """The default of keyword arguments that fall back to the config when left out."""
+
+    def __repr__(self) -> str:
+        return "<from config>"
+
+
+_UNSET: Any = _Unset()
+
+
 class ShardPool:
     """Shard actors plus a scheduler: keyed, ordered, batched work on Ray.
 
     Args:
         handler: a plain function (called per item, or per batch with ``batched=True``)
             or a :class:`~shardyard.Shard` subclass (one instance per shard, stateful).
-        num_actors: actor processes (default: the cluster's CPUs).
-        num_shards: logical shards (default: 8 per actor).
-        strategy: key -> shard strategy name (``"jump"``, ``"ring"``, ...).
+        num_actors: actor processes (``None``: the cluster's CPUs; left out: the config's).
+        num_shards: logical shards (``None``: 8 per actor; left out: the config's).
+        strategy: key -> shard strategy name (``"jump"``, ``"ring"``, ...; ``None`` or left
+            out: the config's).
         config: a :class:`~shardyard.config.PoolConfig`; the keyword arguments above
-            override its fields.
+            override its fields (an explicit ``None`` too).
         batched: a plain function takes whole batches (numpy arrays for numeric input) and
             returns one output per item.
         address: Ray address for :func:`shardyard.connect` (default: embedded local Ray).
-        **overrides: further ``PoolConfig`` fields (``max_batch_size=...``, ...).
+        **overrides: further ``PoolConfig`` fields (``max_batch_size=...``,
+            ``checkpoint_every=None``, ...), taken as given.
 
     Raises:
         pydantic.ValidationError: a configuration field is invalid (the error names it).
         shardyard.errors.SerializationError: the handler cannot be pickled for Ray.
         TypeError: the handler is neither a callable nor a ``Shard`` subclass.
+        shardyard.errors.UnknownStrategyError: no strategy has that name.
+        shardyard.errors.ConfigError: a ``Shard`` subclass with a strategy that may send one
+            key to two shards (``"bounded"``), or strategy options that do not fit an explicit
+            ``num_shards`` (with a derived ``num_shards`` this is raised at start).
 
     Example:
         >>> import numpy as np
@@ -75,24 +102,24 @@ class ShardPool:
         self,
         handler: type[Shard] | Callable[..., Any],
         *,
-        num_actors: int | None = None,
-        num_shards: int | None = None,
+        num_actors: int | None = _UNSET,
+        num_shards: int | None = _UNSET,
         strategy: str | None = None,
         config: PoolConfig | None = None,
         batched: bool = False,
         address: str | None = None,
         **overrides: Any,
     ) -> None:
-        explicit = {
-            k: v
-            for k, v in {
-                "num_actors": num_actors,
-                "num_shards": num_shards,
-                "strategy": strategy,
-                **overrides,
-            }.items()
-            if v is not None
-        }
+        # An explicit None is a value (num_actors=None: one per CPU; checkpoint_every=None:
+        # no snapshots), so only the parameters left out fall back to ``config``. ``strategy``
+        # cannot be None, so there None means "the config's".
+        explicit = dict(overrides)
+        if num_actors is not _UNSET:
+            explicit["num_actors"] = num_actors
+        if num_shards is not _UNSET:
+            explicit["num_shards"] = num_shards
+        if strategy is not None:
+            explicit["strategy"] = strategy
         base = config.model_dump() if config is not None else {}
         self.config = PoolConfig.model_validate({**base, **explicit})
         if isinstance(handler, Shard):
@@ -112,18 +139,34 @@ class ShardPool:
         self._address = address
         self._core: Core | None = None  # created on first use (lazy connect)
         self._start_lock = threading.Lock()  # guards starting and closing
-        self._closed = False
+        self._closed = False  # no more work is taken
+        self._released = False  # the actors were stopped (close is done)
         self._actors: list[Any] = []  # Ray actor handles, index = actor index
         self._placement: np.ndarray | None = None  # shard id -> actor index
-        # Validate the strategy name and options now, not at first use.
-        self._probe_strategy = self._build_strategy(self.config.num_shards or 1)
+        # Validate the strategy now, not at first use: its name and options, its fit to
+        # num_shards when that is set (else at start), and key affinity for a Shard.
+        self._probe_strategy = _check_strategy(self.config, self._stateful)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def _build_strategy(self, num_shards: int) -> Any:
-        return strategy(self.config.strategy, num_shards, **self.config.strategy_options)
+        cfg = self.config
+        try:
+            return strategy(cfg.strategy, num_shards, **cfg.strategy_options)
+        except (UnknownStrategyError, pydantic.ValidationError):
+            raise  # name or option errors say it all (and were checked at construction)
+        except ValueError as exc:  # the options do not fit this number of shards
+            how = (
+                "num_shards"
+                if cfg.num_shards is not None
+                else "num_shards, which was not set, so the pool derived it at start"
+            )
+            raise ConfigError(
+                f"strategy {cfg.strategy!r} cannot serve {num_shards} shards ({how}): {exc}; "
+                "set num_shards to match the strategy options"
+            ) from exc
 
-    def _ensure_started(self) -> Core:
+    def _ensure_started(self, timeout: float | None = None) -> Core:
         core = self._core
         if core is not None and not self._closed:
             return core
@@ -131,58 +174,91 @@ class ShardPool:
             if self._closed:
                 raise PoolClosedError("this ShardPool is closed")
             if self._core is None:
-                self._core = self._start()
+                limit = self.config.start_timeout_s if timeout is None else timeout
+                self._core = self._start(limit)
             return self._core
 
-    def _start(self) -> Core:
+    def _start(self, timeout: float) -> Core:
+        deadline = time.monotonic() + timeout
         info = connect(self._address)
         cfg = self.config
         num_actors = cfg.num_actors or max(1, info.num_cpus)
         num_shards = cfg.num_shards or 8 * num_actors
         if num_shards < num_actors:
             num_shards = num_actors
+        _check_fits(num_actors, cfg.num_cpus_per_actor)
         table = place(num_shards, list(range(num_actors)))
         placement = np.array([table[s] for s in range(num_shards)], dtype=np.int64)
-        options: dict[str, Any] = {"max_restarts": cfg.max_retries, "max_task_retries": 0}
+        partitioner = Partitioner(
+            self._build_strategy(num_shards),
+            placement,
+            cfg.max_batch_size,
+            cfg.keyless,
+            actor_loads=lambda: core.actor_loads() if core is not None else [0] * num_actors,
+        )
+        # Ray restarts a dead actor without limit; the core keeps the budget (max_retries),
+        # since deaths caused by one poison item are charged to the item, not the actor.
+        options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
         if cfg.num_cpus_per_actor is not None:
             options["num_cpus"] = cfg.num_cpus_per_actor
         if cfg.spread:
             options["scheduling_strategy"] = "SPREAD"
         actor_cls = remote_shard_actor(**options)
-        self._actors = [
-            actor_cls.remote(
-                self._handler, self._batched, i, np.flatnonzero(placement == i).tolist()
-            )
-            for i in range(num_actors)
-        ]
-        # Surface a failing setup() or constructor now, with its traceback.
-        ray.get([a.health.remote() for a in self._actors])
-        self._placement = placement
-        submit_sink = FutureSink(cfg.max_pending_items)
-        core = Core(
-            self._actors,
-            placement,
-            Partitioner(
-                self._build_strategy(num_shards),
+        actors = [actor_cls.remote(self._handler, self._batched, i) for i in range(num_actors)]
+        core: Core | None = None
+        try:
+            _wait_scheduled(actors, deadline, cfg.num_cpus_per_actor)
+            submit_sink = FutureSink(cfg.max_pending_items)
+            core = Core(
+                actors,
                 placement,
-                cfg.max_batch_size,
-                cfg.keyless,
-                actor_loads=lambda: core.actor_loads(),
-            ),
-            max_batch_size=cfg.max_batch_size,
-            max_batch_wait_s=cfg.max_batch_wait_s,
-            max_inflight=cfg.max_inflight_per_actor,
-            max_retries=cfg.max_retries,
-            stateful=self._stateful,
-            checkpoint_every=cfg.checkpoint_every,
-            submit_sink=submit_sink,
-        )
+                partitioner,
+                max_batch_size=cfg.max_batch_size,
+                max_batch_wait_s=cfg.max_batch_wait_s,
+                max_inflight=cfg.max_inflight_per_actor,
+                max_retries=cfg.max_retries,
+                stateful=self._stateful,
+                checkpoint_every=cfg.checkpoint_every,
+                submit_sink=submit_sink,
+                health_interval_s=cfg.health_check_interval_s,
+                restart_timeout_s=cfg.restart_timeout_s,
+                max_snapshot_failures=cfg.max_snapshot_failures,
+            )
+            # Places every shard: a failing setup() surfaces here, with its traceback.
+            try:
+                core.start(max(0.1, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                raise StartTimeoutError(
+                    f"the pool's {num_actors} actors did not finish setting up their shards "
+                    f"within {timeout:g} s (start_timeout_s)"
+                ) from None
+        except BaseException:
+            # Never leak the healthy actors of a failed start.
+            if core is not None:
+                core.stop()
+            for actor in actors:
+                kill_quietly(actor)
+            raise
+        self._actors = actors
+        self._placement = placement
         self._submit_sink = submit_sink
         return core
 
-    def start(self) -> ShardPool:
-        """Connect to Ray and start the actors now instead of at first use."""
-        self._ensure_started()
+    def start(self, timeout: float | None = None) -> ShardPool:
+        """Connect to Ray and start the actors now instead of at first use.
+
+        Args:
+            timeout: seconds to wait for every actor to be scheduled and every shard's
+                ``setup`` to run (default: ``start_timeout_s``, which the lazy start on
+                first use also keeps to).
+
+        Raises:
+            StartTimeoutError: the actors could not all start in time; the error names the
+                resources each needs and what the cluster has. Nothing is left running.
+            ShardFailedError: a shard's ``setup`` raised (with its traceback).
+            ConfigError: the pool can never fit the cluster (a refused start, at once).
+        """
+        self._ensure_started(timeout)
         return self
 
     @property
@@ -203,34 +279,44 @@ class ShardPool:
         self._ensure_started()
         return self._build_strategy(self.num_shards).assign(keys)
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> None:
         """Block until every item submitted before this call has finished.
 
         Items other threads submit meanwhile are not waited for (``results``, ``reduce``
         and ``close`` wait the same way).
-        """
-        if self._core is not None:
-            self._core.wait_idle()
 
-    def close(self, wait: bool = True) -> None:
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first (the items keep running).
+        """
+        if self._core is not None and not self._core.wait_idle(timeout):
+            raise TimeoutError(f"items were still unfinished after {timeout:g} s")
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Finish (``wait=True``) or fail outstanding work, then stop the actors.
 
-        Items still unfinished when the actors stop (all of them with ``wait=False``, or
-        those another thread submits meanwhile) fail with ``PoolClosedError``; later
-        submissions raise it. Ray itself stays up (the embedded Ray is reused by later pools;
-        ``shardyard.disconnect()`` stops it).
+        Items still unfinished when the actors stop (all of them with ``wait=False``, those
+        still running after ``timeout`` seconds, or those another thread submits meanwhile)
+        fail with ``PoolClosedError`` before this returns; later submissions raise it. The
+        actors are always released, also when waiting is interrupted (Ctrl-C) or fails;
+        calling ``close`` again is harmless. Ray itself stays up (the embedded Ray is
+        reused by later pools; ``shardyard.disconnect()`` stops it).
         """
         with self._start_lock:
-            if self._closed:
-                return
             self._closed = True
-            core = self._core
-        if core is not None:
-            if wait:
-                core.wait_idle()
-            core.stop()
-            for a in self._actors:
-                ray.kill(a, no_restart=True)
+            core, actors = self._core, self._actors
+            if self._released:
+                return
+        try:
+            if core is not None and wait:
+                core.wait_idle(timeout)
+        finally:
+            with self._start_lock:
+                if not self._released:
+                    self._released = True
+                    if core is not None:
+                        core.stop()
+                    for a in actors:
+                        kill_quietly(a)
 
     shutdown = close  # the concurrent.futures.Executor name
 
@@ -250,44 +336,94 @@ class ShardPool:
     # --- feeding --------------------------------------------------------------------------
 
     def _chunks(self, items: Iterable[Any], keys: Keys) -> Iterator[tuple[Any, Any]]:
-        """(items, keys) chunks of the input, never materialising an iterator whole."""
+        """(items, keys) chunks of the input, never materialising an iterator whole.
+
+        Sized inputs of different lengths raise ``ValueError`` before the first chunk. When
+        reading the input fails part-way (the items or keys iterator raises, the key function
+        raises, the keys run out or outlast the items), the valid items before the failure
+        come as a last chunk, then ``_InputFailed`` is raised. Items are read with
+        ``list.extend``, which keeps what it read before an exception: no per-item work.
+        """
         size = self.config.chunk_size
         key_fn = keys if callable(keys) else None
         n_items, n_keys = _length(items), None if key_fn else _length(keys)
         if n_items is not None and n_keys is not None and n_items != n_keys:
             raise ValueError(f"keys has {n_keys} entries for {n_items} items")
+        failed: BaseException | None = None
         if isinstance(items, np.ndarray):
-            key_arr = None if keys is None or key_fn else _sliceable(keys)  # type: ignore[arg-type]
+            try:
+                key_arr = None if keys is None or key_fn else _sliceable(keys)  # type: ignore[arg-type]
+            except Exception as exc:
+                raise _InputFailed(exc) from exc
             if key_arr is not None and len(key_arr) != len(items):
                 raise ValueError(f"keys has {len(key_arr)} entries for {len(items)} items")
             for lo in range(0, len(items), size):
                 view = items[lo : lo + size]
-                if key_fn is not None:
-                    yield view, [key_fn(x) for x in view.tolist()]
-                else:
+                if key_fn is None:
                     yield view, None if key_arr is None else key_arr[lo : lo + size]
+                    continue
+                view_keys: list[Any] = []
+                try:
+                    view_keys.extend(map(key_fn, view.tolist()))
+                except Exception as exc:
+                    if view_keys:
+                        yield view[: len(view_keys)], view_keys
+                    raise _InputFailed(exc) from exc
+                yield view, view_keys
             return
-        item_it = iter(items)
-        key_it = None if keys is None or key_fn else iter(keys)  # type: ignore[arg-type]
+        try:
+            item_it = iter(items)
+            key_it = None if keys is None or key_fn else iter(keys)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _InputFailed(exc) from exc
         while True:
-            chunk: list[Any] = list(itertools.islice(item_it, size))
-            if not chunk:
-                if key_it is not None and next(key_it, _END) is not _END:
-                    raise ValueError("keys is longer than items")
-                return
-            if key_fn is not None:
-                chunk_keys: Any = [key_fn(x) for x in chunk]
-            elif key_it is not None:
-                chunk_keys = list(itertools.islice(key_it, len(chunk)))
+            chunk: list[Any] = []
+            try:
+                chunk.extend(itertools.islice(item_it, size))
+            except Exception as exc:
+                failed = exc  # the items read before it are in chunk
+            if not chunk and failed is None:  # the end of the items
+                try:
+                    extra = key_it is not None and next(key_it, _END) is not _END
+                except Exception as exc:
+                    failed = exc
+                else:
+                    if not extra:
+                        return
+                    failed = ValueError("keys is longer than items")
+            chunk_keys: Any = None
+            if chunk and (key_fn is not None or key_it is not None):
+                # A key failure comes before the item failure (if any): it wins.
+                chunk_keys = []
+                try:
+                    if key_fn is not None:
+                        chunk_keys.extend(map(key_fn, chunk))
+                    else:
+                        chunk_keys.extend(itertools.islice(key_it, len(chunk)))  # type: ignore[arg-type]
+                        if len(chunk_keys) != len(chunk):
+                            failed = ValueError("keys is shorter than items")
+                except Exception as exc:
+                    failed = exc
                 if len(chunk_keys) != len(chunk):
-                    raise ValueError("keys is shorter than items")
-            else:
-                chunk_keys = None
-            yield as_batch(chunk), chunk_keys
+                    del chunk[len(chunk_keys) :]
+            if chunk:
+                yield as_batch(chunk), chunk_keys
+            if failed is not None:
+                raise _InputFailed(failed) from failed
 
     def _push(self, core: Core, sink: MapSink, base: int, chunk: Any, keys: Any) -> int:
+        """Partition a chunk and hand it to the core; return its length.
+
+        Raises:
+            _InputFailed: the chunk's keys cannot be routed; the items before the first bad
+                key were handed over, and an ``UnsupportedKeyError`` names its absolute
+                position (``base`` + its position in the chunk).
+        """
         n = len(chunk)
-        groups = core.partitioner.split(n, keys)
+        try:
+            groups = core.partitioner.split(n, keys)
+        except Exception as exc:
+            raise self._route_failure(core, sink, base, chunk, keys, exc) from exc
         segments: list[tuple[int, Segment]] = []
         for sid, index in groups:
             if isinstance(index, slice):
@@ -300,29 +436,59 @@ class ShardPool:
         core.push_segments(segments)
         return n
 
+    def _route_failure(
+        self, core: Core, sink: MapSink, base: int, chunk: Any, keys: Any, exc: Exception
+    ) -> _InputFailed:
+        """Routing a chunk failed with ``exc``: hand over the items before the bad key.
+
+        Returns the ``_InputFailed`` to raise; its cause is an ``UnsupportedKeyError`` with
+        the absolute position of the bad key (the chunk-relative one is its ``__cause__``).
+        """
+        if not isinstance(exc, UnsupportedKeyError):
+            return _InputFailed(exc)  # no position: nothing of this chunk is handed over
+        rel = exc.position
+        err = UnsupportedKeyError(exc.type_name, base + rel)
+        err.__cause__ = exc
+        if 0 < rel < len(chunk):
+            # Raises a more precise _InputFailed itself if the prefix holds an earlier bad key.
+            self._push(core, sink, base, chunk[:rel], keys[:rel])
+        return _InputFailed(err)
+
     def _stream(
         self, items: Iterable[Any], keys: Keys, keep: bool
     ) -> Iterator[tuple[MapSink, list[tuple[np.ndarray, Any]], list[tuple[int, BaseException]]]]:
-        """Feed chunks with backpressure; yield pieces of results as they arrive."""
+        """Feed chunks with backpressure; yield pieces of results as they arrive.
+
+        Raises:
+            _InputFailed: reading or routing the input failed part-way, raised only after
+                every item handed over before it has finished (and, when streaming, been
+                yielded); its ``sink`` tells what was submitted.
+        """
         core = self._ensure_started()
         sink = MapSink(self.config.max_pending_items, keep=keep)
         chunks = self._chunks(items, keys)
         base = 0
         exhausted = False
+        failure: _InputFailed | None = None
         while True:
             while not exhausted and sink.has_capacity():
-                nxt = next(chunks, None)
-                if nxt is None:
-                    exhausted = True
+                try:
+                    nxt = next(chunks, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    base += self._push(core, sink, base, *nxt)
+                except _InputFailed as exc:
+                    # Read no further, but let what was handed over finish (below).
+                    failure, exhausted = exc, True
                     break
-                base += self._push(core, sink, base, *nxt)
             if keep:
                 if exhausted:
                     # Wake up now and then so a progress bar moves while the tail finishes.
                     while not sink.wait_all(timeout=0.1):
                         yield sink, [], []
                     yield sink, [], []
-                    return
+                    break
                 sink.wait_capacity()
                 yield sink, [], []
                 continue
@@ -334,7 +500,10 @@ class ShardPool:
                 pieces, errors = sink.take(block=False)
                 if pieces or errors:
                     yield sink, pieces, errors
-                return
+                break
+        if failure is not None:
+            failure.sink = sink
+            raise failure
 
     # --- map --------------------------------------------------------------------------------
 
@@ -362,6 +531,11 @@ class ShardPool:
         Raises:
             shardyard.TaskError: an item failed (the first in input order), after all
                 other items finished.
+            shardyard.InputError: reading or routing the input failed part-way (the items
+                or keys iterator or the key function raised, a key has an unsupported type,
+                the keys ran out); raised after every item before it finished, with their
+                outputs in ``.partial`` and the failure's ``.position`` and ``.cause``.
+            ValueError: sized items and keys differ in length (before any work).
 
         Example:
             >>> with ShardPool(str.upper, num_actors=2) as pool:    # doctest: +SKIP
@@ -369,16 +543,29 @@ class ShardPool:
             ['A', 'B']
         """
         bar = _progress(progress, items)
+        numpy_in = isinstance(items, np.ndarray)
         sink: MapSink | None = None
-        for sink, _, _ in self._stream(items, keys, keep=True):
+        try:
+            for sink, _, _ in self._stream(items, keys, keep=True):
+                if bar is not None:
+                    bar.update(sink.finished - bar.n)
+        except _InputFailed as failed:
             if bar is not None:
-                bar.update(sink.finished - bar.n)
+                bar.close()
+            done = failed.sink
+            assert done is not None
+            partial = (
+                items[:0].copy()  # type: ignore[index]
+                if numpy_in and done.submitted == 0
+                else _assemble(done, numpy_in, return_exceptions=True)
+            )
+            raise failed.to_error(partial) from failed.cause
         assert sink is not None
         if bar is not None:
             bar.close()
-        if isinstance(items, np.ndarray) and sink.submitted == 0:
-            return items[:0].copy()  # numpy in, numpy out, also when empty
-        return _assemble(sink, isinstance(items, np.ndarray), return_exceptions)
+        if numpy_in and sink.submitted == 0:
+            return items[:0].copy()  # type: ignore[index]  # numpy in, numpy out, also when empty
+        return _assemble(sink, numpy_in, return_exceptions)
 
     def map_unordered(
         self,
@@ -397,6 +584,11 @@ class ShardPool:
                 the first one after all other outputs were yielded.
             progress: show a tqdm progress bar.
 
+        Raises:
+            shardyard.TaskError: an item failed (the first), after all other outputs.
+            shardyard.InputError: reading or routing the input failed part-way (see
+                :meth:`map`); raised after the outputs of every item before it were yielded.
+
         Example:
             >>> with ShardPool(abs, num_actors=2) as pool:          # doctest: +SKIP
             ...     sorted(pool.map_unordered([-1, 2, -3]))
@@ -404,19 +596,24 @@ class ShardPool:
         """
         bar = _progress(progress, items)
         first_error: BaseException | None = None
-        for _, pieces, errors in self._stream(items, keys, keep=False):
-            for _, outputs in pieces:
-                values = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
-                if bar is not None:
-                    bar.update(len(values))
-                yield from values
-            for _, exc in errors:
-                if bar is not None:
-                    bar.update(1)
-                if return_exceptions:
-                    yield exc
-                elif first_error is None:
-                    first_error = exc
+        try:
+            for _, pieces, errors in self._stream(items, keys, keep=False):
+                for _, outputs in pieces:
+                    values = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
+                    if bar is not None:
+                        bar.update(len(values))
+                    yield from values
+                for _, exc in errors:
+                    if bar is not None:
+                        bar.update(1)
+                    if return_exceptions:
+                        yield exc
+                    elif first_error is None:
+                        first_error = exc
+        except _InputFailed as failed:
+            if bar is not None:
+                bar.close()
+            raise failed.to_error() from failed.cause
         if bar is not None:
             bar.close()
         if first_error is not None:
@@ -427,13 +624,18 @@ class ShardPool:
     ) -> Iterator[tuple[np.ndarray, Any]]:
         """Yield ``(positions, outputs)`` pieces as they complete: the cheapest stream.
 
-        Errors are raised at the end, after every other piece was yielded.
+        Errors are raised at the end, after every other piece was yielded: an
+        :class:`~shardyard.InputError` when reading or routing the input failed part-way
+        (see :meth:`map`), else the first item's ``TaskError``.
         """
         first_error: BaseException | None = None
-        for _, pieces, errors in self._stream(items, keys, keep=False):
-            yield from pieces
-            if errors and first_error is None:
-                first_error = errors[0][1]
+        try:
+            for _, pieces, errors in self._stream(items, keys, keep=False):
+                yield from pieces
+                if errors and first_error is None:
+                    first_error = errors[0][1]
+        except _InputFailed as failed:
+            raise failed.to_error() from failed.cause
         if first_error is not None:
             raise first_error
 
@@ -465,56 +667,88 @@ class ShardPool:
 
     # --- results ----------------------------------------------------------------------------
 
-    def results(self) -> dict[int, Any]:
+    def results(self, timeout: float | None = None) -> dict[int, Any]:
         """Wait for outstanding work; return ``{shard_id: partial result}`` of every shard.
+
+        The partials are read once every shard's state is complete (restores and replays
+        after a crash included), from the processes the pool knows host them.
+
+        Raises:
+            ShardyardError: a shard failed (its error, e.g. ``ShardFailedError``), so its
+                partial result cannot be trusted.
+            TimeoutError: ``timeout`` seconds passed first.
 
         Example:
             >>> pool.results()                                      # doctest: +SKIP
             {0: Counter({'a': 2}), 1: Counter({'b': 1})}
         """
-        self._ensure_started()
-        self.wait()
+        replies = self._collect(lambda a: a.results.remote(), timeout)
         merged: dict[int, Any] = {}
-        for part in ray.get([a.results.remote() for a in self._actors]):
-            merged.update(part)
+        for _, parts in replies:
+            merged.update({sid: value for sid, (_, value) in parts.items()})
         return dict(sorted(merged.items()))
 
-    def reduce(self, combine: Callable[[Any, Any], Any]) -> Any:
+    def reduce(self, combine: Callable[[Any, Any], Any], timeout: float | None = None) -> Any:
         """Wait for outstanding work; combine all shards' partial results with ``combine``.
 
         Each actor first combines its own shards' partials in its process (in parallel
-        across actors), so one value per actor crosses the network; those are then combined
-        pairwise in Ray tasks, the last pair on the driver.
+        across actors), so one value per actor crosses the network; the driver combines
+        those. Raises as :meth:`results` does.
 
         Args:
             combine: an associative function of two partials, e.g. ``operator.add``.
+            timeout: seconds to wait at most (``TimeoutError`` after).
 
         Example:
             >>> import operator
             >>> pool.reduce(operator.add)                           # doctest: +SKIP
             Counter({'a': 2, 'b': 1})
         """
-        self._ensure_started()
-        self.wait()
-        refs = [a.reduce_local.remote(combine) for a in self._actors]
-        remote_combine: Any = ray.remote(num_cpus=0)(_apply2)
-        while len(refs) > 2:
-            pairs = [refs[i : i + 2] for i in range(0, len(refs), 2)]
-            refs = [remote_combine.remote(combine, *p) if len(p) == 2 else p[0] for p in pairs]
-        values = ray.get(refs)
-        return values[0] if len(values) == 1 else combine(values[0], values[1])
+        replies = self._collect(lambda a: a.reduce_local.remote(combine), timeout)
+        values = [acc for _, _, acc in replies]
+        out = values[0]
+        for v in values[1:]:
+            out = combine(out, v)
+        return out
+
+    def _collect(self, ask: Callable[[Any], Any], timeout: float | None) -> list[Any]:
+        """Ask every actor once its shards are complete; retry if one was restarted."""
+        core = self._ensure_started()
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        while True:
+            if not core.quiesce(left()):
+                raise TimeoutError(f"shard state was still incomplete after {timeout:g} s")
+            gens, failed = core.expected()
+            if failed:
+                raise failed[min(failed)]
+            replies = ray.get([ask(a) for a in self._actors], timeout=left())
+            fresh = all(core.confirm(a, r[0]) for a, r in enumerate(replies))
+            hosted = {
+                sid: (g if isinstance(g, int) else g[0]) for r in replies for sid, g in r[1].items()
+            }
+            if fresh and hosted == dict(enumerate(gens)):
+                return replies
 
     def stats(self, timeout: float = 10.0) -> PoolStats:
         """Per-shard and per-actor counters, from the driver and the actors' control group.
 
         Actors answer from their control concurrency group, so this works while they are
-        busy; an actor that does not answer within ``timeout`` shows ``pid=None``.
+        busy; an actor that does not answer within ``timeout`` (dead, or restarting)
+        shows ``pid=None``. ``actors`` has one record per actor, with its ``pid`` and
+        ``node_id``.
         """
         driver = self._ensure_started().stats()
+        refs = [a.stats.remote() for a in self._actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        done = set(ready)
         remote: list[dict[str, Any] | None] = []
-        for a in self._actors:
+        for ref in refs:
             try:
-                remote.append(ray.get(a.stats.remote(), timeout=timeout))
+                remote.append(ray.get(ref, timeout=0) if ref in done else None)
             except Exception:
                 remote.append(None)
         busy: dict[int, float] = {}
@@ -530,11 +764,17 @@ class ShardPool:
                 queue_depth=s["queued"] + s["in_flight"],
                 errors=s["errors"],
                 busy_s=busy.get(s["shard_id"], 0.0),
+                generation=s["generation"],
+                replayed_batches=s["replayed_batches"],
+                retained_batches=s["retained_batches"],
+                snapshot_failures=s["snapshot_failures"],
+                failed=s["failed"],
             )
             for s in driver["shards"]
         ]
         actors = []
         for a, r in zip(driver["actors"], remote, strict=True):
+            current = r is not None and r.get("incarnation") == a["incarnation"]
             processed = sum(s["items"] for s in r["shards"].values()) if r else 0
             actors.append(
                 ActorStats(
@@ -546,9 +786,15 @@ class ShardPool:
                     outstanding=a["outstanding"],
                     items=processed,
                     restarts=a["restarts"],
+                    state=a["state"] if current or a["state"] != "running" else "restarted",
                 )
             )
-        return PoolStats(shards=shards, actors=actors, keyless_queued=driver["pull_queued"])
+        return PoolStats(
+            shards=shards,
+            actors=actors,
+            keyless_queued=driver["pull_queued"],
+            snapshot_failures=driver["snapshot_failures"],
+        )
 
     # --- asyncio twins ------------------------------------------------------------------------
 
@@ -617,6 +863,100 @@ def _sliceable(keys: Iterable[Any]) -> Any:
     return keys if isinstance(keys, np.ndarray | list | tuple) else list(keys)
 
 
+class _InputFailed(Exception):
+    """Internal: reading or routing the input failed; the valid items before were handed over.
+
+    ``map``, ``map_unordered`` and ``imap_pieces`` turn it into :class:`InputError` once every
+    submitted item has finished; ``_stream`` fills in ``sink``.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.sink: MapSink | None = None
+
+    def to_error(self, partial: Any = None) -> InputError:
+        sink = self.sink
+        assert sink is not None
+        errors = sorted(sink.errors, key=lambda e: e[0])
+        # One producer per sink, so what it submitted is exactly the input before the failure.
+        return InputError(sink.submitted, sink.submitted, self.cause, partial, errors)
+
+
+def _strategy_factory(name: Any) -> Any:
+    """The registered factory of strategy ``name`` (raises ``UnknownStrategyError``)."""
+    from shardyard.sharding import available_strategies, registry
+
+    names = available_strategies()
+    if not isinstance(name, str) or name not in names:
+        raise UnknownStrategyError("strategy", str(name), names)
+    return getattr(registry, "_REGISTRY", {}).get(name)
+
+
+def _options_model(factory: Any) -> Any:
+    """The pydantic model that validates a strategy factory's options, if it names one."""
+    from shardyard.config import RangeOptions
+    from shardyard.sharding import RangeStrategy
+
+    model = getattr(factory, "options_model", None)
+    if model is None and factory is RangeStrategy:
+        model = RangeOptions  # validated in its constructor, not through the attribute
+    return model
+
+
+def _affinity_names() -> list[str]:
+    """The strategy names that keep key affinity, for error messages."""
+    try:
+        from shardyard.sharding import affinity_strategies
+
+        return list(affinity_strategies())
+    except ImportError:  # an older shardyard.sharding: ask each factory
+        from shardyard.sharding import available_strategies
+
+        return [
+            n
+            for n in available_strategies()
+            if getattr(_strategy_factory(n), "keeps_affinity", n != "bounded")
+        ]
+
+
+def _check_strategy(cfg: PoolConfig, stateful: bool) -> Any:
+    """Validate the configured strategy at construction; return it when ``num_shards`` is set.
+
+    With ``num_shards`` unset the shard count is derived at start (from the cluster), so only
+    the name and the options model are checked here; whether the options fit the count (the
+    boundaries of ``"range"``) is checked when the strategy is built at start.
+
+    Raises:
+        UnknownStrategyError: no strategy has that name.
+        pydantic.ValidationError: an option is unknown or invalid.
+        ConfigError: a stateful ``Shard`` with a strategy that does not keep key affinity,
+            or options that do not fit the explicit ``num_shards``.
+    """
+    factory = _strategy_factory(cfg.strategy)
+    probe: Any = None
+    if cfg.num_shards is not None:
+        try:
+            probe = strategy(cfg.strategy, cfg.num_shards, **cfg.strategy_options)
+        except (UnknownStrategyError, pydantic.ValidationError):
+            raise
+        except ValueError as exc:
+            raise ConfigError(
+                f"strategy {cfg.strategy!r} cannot serve num_shards={cfg.num_shards}: {exc}"
+            ) from exc
+    else:
+        model = _options_model(factory)
+        if model is not None:
+            model(**cfg.strategy_options)
+    if stateful and not getattr(probe if probe is not None else factory, "keeps_affinity", True):
+        why = "it balances per batch" if cfg.strategy == "bounded" else "keeps_affinity is False"
+        raise ConfigError(
+            f"strategy {cfg.strategy!r} may send one key to different shards ({why}), which "
+            f"breaks a Shard's keyed state; use one of: {', '.join(_affinity_names())}"
+        )
+    return probe
+
+
 def _progress(enabled: bool, items: Iterable[Any]) -> Any:
     if not enabled:
         return None
@@ -648,3 +988,42 @@ def _assemble(sink: MapSink, numpy_in: bool, return_exceptions: bool) -> Any:
     for pos, exc in sink.errors:
         result[pos] = exc
     return result
+
+
+def _check_fits(num_actors: int, cpus_per_actor: float | None) -> None:
+    """Refuse at once a pool that no node of this cluster can ever host."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((n.get("Resources", {}).get("CPU", 0.0) for n in nodes), default=0.0)
+    total = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
+    if cpus_per_actor and cpus_per_actor > largest:
+        raise ConfigError(
+            f"num_cpus_per_actor={cpus_per_actor:g}, but the largest node of this cluster "
+            f"has {largest:g} CPUs: no actor could ever be placed (lower num_cpus_per_actor, "
+            "or add a bigger node)"
+        )
+    if not cpus_per_actor and num_actors > max(64, 16 * total):
+        raise ConfigError(
+            f"num_actors={num_actors} would start {num_actors} processes on a cluster of "
+            f"{total:g} CPUs; reserve CPUs per actor (num_cpus_per_actor) to let Ray queue "
+            "them, or use fewer actors"
+        )
+
+
+def _wait_scheduled(actors: list[Any], deadline: float, cpus_per_actor: float | None) -> None:
+    """Wait until every actor process answers; name the missing resources on timeout."""
+    refs = [a.health.remote() for a in actors]
+    ready, pending = ray.wait(
+        refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic())
+    )
+    ray.get(ready)  # an actor whose constructor raised surfaces here
+    if not pending:
+        return
+    free = ray.available_resources().get("CPU", 0.0)
+    total = ray.cluster_resources().get("CPU", 0.0)
+    need = f"{{CPU: {cpus_per_actor:g}}}" if cpus_per_actor else "{CPU: 1 to schedule}"
+    raise StartTimeoutError(
+        f"{len(pending)} of {len(actors)} shard actors could not be started in time: each "
+        f"needs {need}, and the cluster has {free:g} of {total:g} CPUs free. Nothing was "
+        "left running. Lower num_actors or num_cpus_per_actor, add nodes, or pass a longer "
+        "start(timeout=...)"
+    )

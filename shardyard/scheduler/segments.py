@@ -17,13 +17,14 @@ Example:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Segment", "concat_items", "take"]
+__all__ = ["Segment", "concat_items", "take", "take_items"]
 
 
 def take(values: Any, index: np.ndarray) -> Any:
@@ -92,3 +93,23 @@ def concat_items(segments: Sequence[Segment]) -> Any:
     for p in parts:
         out.extend(p.tolist() if isinstance(p, np.ndarray) else p)
     return out
+
+
+def take_items(queue: deque[Segment], room: int) -> list[Segment]:
+    """Up to ``room`` items from the front of ``queue``, splitting a segment if needed.
+
+    Example:
+        >>> q = deque([Segment(None, np.arange(3), np.arange(3), None)])
+        >>> [len(s) for s in take_items(q, 2)], len(q[0])
+        ([2], 1)
+    """
+    segments: list[Segment] = []
+    while queue and room > 0:
+        seg = queue[0]
+        if len(seg) <= room:
+            queue.popleft()
+        else:
+            seg, queue[0] = seg.split(room)
+        segments.append(seg)
+        room -= len(seg)
+    return segments

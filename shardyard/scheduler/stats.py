@@ -24,6 +24,12 @@ class ShardStats(BaseModel):
         queue_depth: items queued on the driver or in flight to the actor.
         errors: items that ended in an error.
         busy_s: seconds the actor spent in the handler for this shard.
+        generation: how many times the shard was placed (1 + restores after crashes).
+        replayed_batches: batches re-applied after restores.
+        retained_batches: answered batches held for replay since the last snapshot (the
+            memory a crash costs; bounded by ``checkpoint_every`` while snapshots succeed).
+        snapshot_failures: failed ``snapshot()`` calls in a row.
+        failed: why the shard cannot go on (``None`` while it is healthy).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -35,6 +41,11 @@ class ShardStats(BaseModel):
     queue_depth: int
     errors: int
     busy_s: float = 0.0
+    generation: int = 0
+    replayed_batches: int = 0
+    retained_batches: int = 0
+    snapshot_failures: int = 0
+    failed: str | None = None
 
 
 class ActorStats(BaseModel):
@@ -48,7 +59,10 @@ class ActorStats(BaseModel):
         in_flight_calls: Ray calls awaiting its reply.
         outstanding: items queued for it or in flight.
         items: items its handler has processed (since its last restart).
-        restarts: deaths recovered from.
+        restarts: deaths recovered from (all causes).
+        state: ``"running"``, ``"placing"`` (its shards are being restored), ``"restarted"``
+            (a new process answered that the pool has not re-placed yet) or ``"failed"``
+            (its restart budget is spent).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -61,6 +75,7 @@ class ActorStats(BaseModel):
     outstanding: int
     items: int
     restarts: int
+    state: str = "running"
 
 
 class PoolStats(BaseModel):
@@ -70,6 +85,7 @@ class PoolStats(BaseModel):
         shards: one entry per logical shard.
         actors: one entry per actor.
         keyless_queued: keyless items waiting for an actor to pull them.
+        snapshot_failures: failed ``snapshot()`` calls in total.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -77,6 +93,7 @@ class PoolStats(BaseModel):
     shards: list[ShardStats]
     actors: list[ActorStats]
     keyless_queued: int = 0
+    snapshot_failures: int = 0
 
     @property
     def items(self) -> int:

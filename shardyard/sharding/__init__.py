@@ -36,6 +36,7 @@ from shardyard.sharding.modulo import HashStrategy
 from shardyard.sharding.placement import moved_shards, place, rebalance, shard_counts
 from shardyard.sharding.ranges import RangeStrategy
 from shardyard.sharding.registry import (
+    affinity_strategies,
     available_strategies,
     register_strategy,
     strategy,
@@ -56,6 +57,7 @@ __all__ = [
     "RingStrategy",
     "RoundRobin",
     "ShardingStrategy",
+    "affinity_strategies",
     "available_balancers",
     "available_strategies",
     "balancer",

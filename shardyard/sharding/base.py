@@ -2,8 +2,8 @@
 
 A strategy maps keys to logical shard ids in ``[0, num_shards)``. It is pure numpy: no Ray, no
 I/O, no state that changes between calls (except where a strategy says so, like ``bounded``,
-whose answer depends on the whole batch). Strategies are built by name with
-:func:`shardyard.sharding.strategy`.
+whose answer depends on the whole batch: its ``keeps_affinity`` is false). Strategies are built
+by name with :func:`shardyard.sharding.strategy`.
 
 Example:
     >>> from shardyard.sharding import ShardingStrategy, strategy
@@ -27,13 +27,20 @@ class ShardingStrategy(Protocol):
 
     Attributes:
         num_shards: the number of logical shards.
+        keeps_affinity: the same key always maps to the same shard, whatever else is in the
+            batch (a class attribute; false only for ``"bounded"`` among the built-ins).
 
     Example:
         >>> from shardyard.sharding import strategy
         >>> s = strategy("hash", 8)
         >>> s.assign(["a", "b"]).dtype.name, s.with_num_shards(9).num_shards
         ('int64', 9)
+        >>> s.keeps_affinity, strategy("bounded", 8).keeps_affinity
+        (True, False)
     """
+
+    keeps_affinity: bool
+    """The same key always maps to the same shard, whatever else is in the batch."""
 
     @property
     def num_shards(self) -> int:

@@ -47,14 +47,22 @@ class BoundedStrategy(HashedStrategy):
         **options: ``eps`` (default 0.05) and ``vnodes`` (default 256), validated by
             :class:`shardyard.config.BoundedOptions`.
 
+    Attributes:
+        keeps_affinity: ``False``: a key's shard depends on the other keys of its batch, so
+            one key can reach two shards across batches.
+
     Example:
         >>> s = BoundedStrategy(8)
         >>> s.capacity(1000)
         132
+        >>> s.keeps_affinity
+        False
     """
 
     name = "bounded"
     options_model = BoundedOptions
+    # The shard of a key depends on the other keys of the batch (shard capacities).
+    keeps_affinity = False
 
     def __init__(self, num_shards: int, **options: object) -> None:
         super().__init__(num_shards, **options)

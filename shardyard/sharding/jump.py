@@ -112,6 +112,7 @@ class JumpStrategy(HashedStrategy):
 
     name = "jump"
     options_model = JumpOptions
+    keeps_affinity = True
 
     def assign_hashes(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """Return the jump-hash shard of every hash.

@@ -35,6 +35,7 @@ class HashStrategy(HashedStrategy):
 
     name = "hash"
     options_model = HashOptions
+    keeps_affinity = True
 
     def assign_hashes(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """Return ``hashes % num_shards`` as ``int64`` shard ids.

@@ -91,6 +91,7 @@ class RangeStrategy:
     """
 
     name = "range"
+    keeps_affinity = True
 
     def __init__(self, num_shards: int, **options: Any) -> None:
         self._num_shards = check_num_shards(num_shards)

@@ -5,11 +5,13 @@ Options are validated by the strategy's pydantic options model, so a typo or a b
 ``pydantic.ValidationError`` naming the field.
 
 Example:
-    >>> from shardyard.sharding import available_strategies, strategy
+    >>> from shardyard.sharding import affinity_strategies, available_strategies, strategy
     >>> strategy("ring", 8, vnodes=64).num_shards
     8
     >>> "jump" in available_strategies()
     True
+    >>> "bounded" in affinity_strategies()  # a key's shard depends on the rest of its batch
+    False
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from shardyard.sharding.ring import RingStrategy
 
 __all__ = [
     "StrategyFactory",
+    "affinity_strategies",
     "available_strategies",
     "register_strategy",
     "strategy",
@@ -58,12 +61,31 @@ def available_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def affinity_strategies() -> list[str]:
+    """Return the registered names whose strategy keeps key affinity, sorted.
+
+    A strategy keeps affinity when the same key always maps to the same shard, whatever else is
+    in the batch: its factory's ``keeps_affinity`` class attribute is true. ``"bounded"`` does
+    not (a key's shard depends on the other keys of its batch). A factory without the attribute
+    (a user strategy) counts as keeping affinity.
+
+    Example:
+        >>> "ring" in affinity_strategies(), "bounded" in affinity_strategies()
+        (True, False)
+    """
+    return sorted(
+        name for name, factory in _REGISTRY.items() if getattr(factory, "keeps_affinity", True)
+    )
+
+
 def register_strategy(name: str, factory: StrategyFactory, *, replace: bool = False) -> None:
     """Register ``factory(num_shards, **options)`` under ``name``.
 
     Args:
         name: the name :func:`strategy` will accept.
-        factory: a callable (usually a class) returning a :class:`ShardingStrategy`.
+        factory: a callable (usually a class) returning a :class:`ShardingStrategy`. Give it a
+            class attribute ``keeps_affinity = False`` when a key's shard depends on the other
+            keys of the batch (see :func:`affinity_strategies`).
         replace: allow replacing an existing name (the built-ins included).
 
     Raises:

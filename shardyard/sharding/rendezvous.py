@@ -62,6 +62,7 @@ class RendezvousStrategy(HashedStrategy):
 
     name = "rendezvous"
     options_model = RendezvousOptions
+    keeps_affinity = True
 
     def __init__(self, num_shards: int, **options: object) -> None:
         super().__init__(num_shards, **options)

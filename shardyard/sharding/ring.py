@@ -104,6 +104,7 @@ class RingStrategy(HashedStrategy):
 
     name = "ring"
     options_model = RingOptions
+    keeps_affinity = True
 
     def __init__(self, num_shards: int, **options: object) -> None:
         super().__init__(num_shards, **options)

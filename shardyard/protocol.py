@@ -1,0 +1,154 @@
+"""The typed messages the driver and the shard actors exchange.
+
+A shard lives on an actor as a *generation*: each time the driver places it (at start,
+after the actor died, after a failed call), the generation goes up and the shard's batch
+sequence numbers start again at 0 from a known state (fresh ``setup``, or a snapshot). A
+batch is addressed by ``(shard_id, gen, seq)``; an actor runs the batches of one generation
+strictly in ``seq`` order and answers anything addressed to another generation with
+:class:`Stale`, so a message from before a placement can never touch the state after it.
+
+Each actor process draws a random *incarnation* id when it starts. Every answer carries
+it: a restarted actor (same Ray handle, new process, nothing hosted) is recognised by its
+new incarnation, whether it was busy or idle when it died.
+
+NamedTuples on the wire: they pickle as compactly as plain tuples, and every field has a
+name in the code.
+
+Example:
+    >>> b = WireBatch(shard_id=3, gen=1, seq=0, kind=WORK, items=[1, 2], pickled=False)
+    >>> b.kind == WORK, len(b.items)
+    (True, 2)
+    >>> ItemFailure.capture(0, ValueError("bad")).exception()
+    ValueError('bad')
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = [
+    "BARRIER",
+    "REPLAY",
+    "WORK",
+    "BarrierReply",
+    "BatchReply",
+    "CallReply",
+    "HostReply",
+    "HostRequest",
+    "ItemFailure",
+    "Stale",
+    "WireBatch",
+]
+
+# Batch kinds.
+WORK = 0  # new items: their outputs are delivered
+REPLAY = 1  # items applied before a crash, re-applied after a restore: outputs ignored
+BARRIER = 2  # no items: snapshot the shard at this point of its batch order (Flink-style)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """One failed item of a batch (or a failed setup/restore/snapshot), across processes.
+
+    Attributes:
+        position: the item's offset in its batch (0 for whole-shard failures).
+        cause: the pickled original exception, ``None`` when it does not pickle.
+        traceback: the formatted traceback where it was raised.
+    """
+
+    position: int
+    cause: bytes | None
+    traceback: str
+
+    @classmethod
+    def capture(cls, position: int, exc: BaseException) -> ItemFailure:
+        """Record ``exc`` (raised for the item at ``position``) with its traceback."""
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            cause: bytes | None = pickle.dumps(exc)
+        except Exception:
+            cause = None
+        return cls(position, cause, tb)
+
+    def exception(self) -> BaseException | None:
+        """The original exception object, or ``None`` when it could not be transported."""
+        if self.cause is None:
+            return None
+        try:
+            exc = pickle.loads(self.cause)
+        except Exception:
+            return None
+        return exc if isinstance(exc, BaseException) else None
+
+
+class WireBatch(NamedTuple):
+    """One shard's batch on its way to the actor.
+
+    ``pickled``: return each output pickled on its own (bytes), so an output the driver
+    cannot unpickle fails alone instead of failing the whole reply.
+    """
+
+    shard_id: int
+    gen: int
+    seq: int
+    kind: int
+    items: Any  # a list or numpy array; unused for a barrier
+    pickled: bool
+
+
+class BatchReply(NamedTuple):
+    """A batch that ran: one output per item (``None`` where it failed) and the failures."""
+
+    shard_id: int
+    gen: int
+    seq: int
+    outputs: Any
+    failures: list[ItemFailure]
+
+
+class BarrierReply(NamedTuple):
+    """A snapshot barrier that ran: the frozen state, or why ``snapshot()`` failed."""
+
+    shard_id: int
+    gen: int
+    seq: int
+    state: bytes | None
+    failure: ItemFailure | None
+
+
+class Stale(NamedTuple):
+    """A batch the actor did not run: it is addressed to a generation the actor does not host.
+
+    ``reason`` is ``"unhosted"`` when the actor hosts no generation of the shard at all (a
+    restarted process), ``"superseded"`` when another generation replaced it.
+    """
+
+    shard_id: int
+    gen: int
+    seq: int
+    reason: str
+
+
+class CallReply(NamedTuple):
+    """The answer to one ``run`` call: the actor's incarnation and one reply per batch."""
+
+    incarnation: str
+    replies: list[BatchReply | BarrierReply | Stale]
+
+
+class HostRequest(NamedTuple):
+    """Place generation ``gen`` of a shard on the actor, from ``state`` (``None``: fresh)."""
+
+    shard_id: int
+    gen: int
+    state: bytes | None
+
+
+class HostReply(NamedTuple):
+    """The answer to a ``host`` call: the incarnation, and the shards whose setup failed."""
+
+    incarnation: str
+    failures: dict[int, ItemFailure]

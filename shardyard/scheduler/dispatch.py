@@ -1,0 +1,244 @@
+"""The dispatch policy: queues per shard, the keyless pull queue, and what each actor gets next.
+
+Pure decisions over the :class:`~shardyard.scheduler.ledger.Ledger`; no Ray, no threads
+(the core calls it under its lock and sends what it returns). Model-tested with fake actors
+in ``tests/test_ledger_model.py``.
+
+Per actor at most ``max_inflight`` calls are in flight. A call carries at most one batch
+per shard of the actor: first what the ledger has numbered already (replays, resends,
+barriers), else up to ``max_batch`` queued items; then a share of the keyless pull queue.
+A suspect batch (see the ledger) goes alone: only once nothing else is in flight on its
+actor, and nothing follows it until it is answered.
+
+Example:
+    >>> import numpy as np
+    >>> from shardyard.scheduler.ledger import Ledger
+    >>> from shardyard.scheduler.segments import Segment
+    >>> ledger = Ledger([0, 0], stateful=False, checkpoint_every=None)
+    >>> d = Dispatch(ledger, [[0, 1]], max_batch=10, max_inflight=2)
+    >>> for sid in (0, 1):
+    ...     ledger.placed(sid, 0)
+    >>> d.enqueue(1, Segment(None, np.arange(3), [1, 2, 3], None))
+    []
+    >>> calls, _ = d.next_calls(0, now=0.0)
+    >>> [[(b.shard_id, b.seq, b.size) for b in call] for call in calls]
+    [[(1, 0, 3)]]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from shardyard.scheduler.ledger import Batch, Delivery, Ledger
+from shardyard.scheduler.segments import Segment, take_items
+
+__all__ = ["ActorSlot", "Dispatch"]
+
+
+@dataclass(slots=True)
+class ActorSlot:
+    """The dispatcher's view of one actor."""
+
+    index: int
+    shards: list[int]
+    ready: set[int] = field(default_factory=set)  # its shards with queued items
+    inflight: int = 0  # calls in flight
+    alone: bool = False  # a suspect batch is in flight: send nothing else
+    outstanding: int = 0  # items queued for it or in flight (its load)
+    pull_cursor: int = 0  # rotates keyless batches over its shards
+    first_wait: float | None = None  # when its oldest held partial batch started waiting
+    failed: bool = False  # gave up on it (restart budget spent): nothing is sent
+
+
+class Dispatch:
+    """Shard queues, the keyless pull queue and per-actor slots.
+
+    Args:
+        ledger: numbers the batches and knows which shards can be sent to.
+        actor_shards: ``actor_shards[a]`` = the shards actor ``a`` hosts.
+        max_batch: items per shard batch.
+        max_inflight: calls in flight per actor.
+        max_wait: hold a partly filled batch this long while its actor has room.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        actor_shards: list[list[int]],
+        *,
+        max_batch: int,
+        max_inflight: int,
+        max_wait: float = 0.0,
+    ) -> None:
+        self.ledger = ledger
+        self.actors = [ActorSlot(i, list(s)) for i, s in enumerate(actor_shards)]
+        num_shards = len(ledger.books)
+        self.queues: list[deque[Segment]] = [deque() for _ in range(num_shards)]
+        self.queued = [0] * num_shards  # items in each shard's queue
+        self.pull: deque[Segment] = deque()  # keyless segments, taken by actors with room
+        self.pull_queued = 0
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._max_wait = max_wait
+
+    # --- input ------------------------------------------------------------------------------
+
+    def enqueue(self, sid: int, seg: Segment) -> list[Delivery]:
+        """Queue ``seg`` for shard ``sid``; a failed shard ends its items at once."""
+        failed = self.ledger.books[sid].failed
+        if failed is not None:
+            return [(sid, seg, [None] * len(seg), [(i, failed) for i in range(len(seg))])]
+        self.queues[sid].append(seg)
+        self.queued[sid] += len(seg)
+        slot = self.actors[self.ledger.books[sid].actor]
+        slot.ready.add(sid)
+        slot.outstanding += len(seg)
+        return []
+
+    def enqueue_pull(self, seg: Segment) -> None:
+        """Queue keyless ``seg`` for whichever actor has room first."""
+        self.pull.append(seg)
+        self.pull_queued += len(seg)
+
+    # --- output -----------------------------------------------------------------------------
+
+    def next_calls(self, a: int, now: float) -> tuple[list[list[Batch]], float | None]:
+        """The calls to send to actor ``a`` now, and when to look again for held batches.
+
+        Every returned batch is marked sent in the ledger.
+        """
+        slot = self.actors[a]
+        calls: list[list[Batch]] = []
+        ledger = self.ledger
+        while slot.inflight < self._max_inflight and not slot.alone and not slot.failed:
+            sendable = [s for s in slot.shards if ledger.sendable(s)]
+            numbered = [s for s in sendable if s in ledger.outboxed]
+            suspect = next((s for s in numbered if ledger.books[s].outbox[0].alone), None)
+            if suspect is not None:
+                if slot.inflight == 0:
+                    b = ledger.pop_outbox(suspect)
+                    ledger.sent(b)
+                    slot.alone = True
+                    slot.inflight += 1
+                    calls.append([b])
+                break
+            hold = self._hold_until(slot, numbered, now)
+            if hold is not None:
+                return calls, hold
+            batches: list[Batch] = []
+            for sid in sendable:
+                if sid in ledger.outboxed:
+                    batches.append(ledger.pop_outbox(sid))
+                elif self.queued[sid]:
+                    batches.append(self._cut(sid))
+            slot.ready = {s for s in slot.ready if self.queued[s]}
+            if self.pull_queued:
+                batches += self._take_pulled(slot, sendable)
+            if not batches:
+                break
+            for b in batches:
+                ledger.sent(b)
+            slot.inflight += 1
+            calls.append(batches)
+        return calls, None
+
+    def _hold_until(self, slot: ActorSlot, numbered: list[int], now: float) -> float | None:
+        # Ray Serve's batch_wait_timeout_s: a partly filled batch waits a little for more.
+        if self._max_wait <= 0 or numbered:
+            return None
+        if self.pull_queued >= self._max_batch or any(
+            self.queued[s] >= self._max_batch for s in slot.ready
+        ):
+            slot.first_wait = None
+            return None
+        if not slot.ready and not self.pull_queued:
+            return None
+        if slot.first_wait is None:
+            slot.first_wait = now
+        deadline = slot.first_wait + self._max_wait
+        if deadline <= now:
+            slot.first_wait = None
+            return None
+        return deadline
+
+    def _cut(self, sid: int) -> Batch:
+        segments = take_items(self.queues[sid], self._max_batch)
+        self.queued[sid] -= sum(len(s) for s in segments)
+        return self.ledger.new_batch(sid, segments)
+
+    def _take_pulled(self, slot: ActorSlot, sendable: list[int]) -> list[Batch]:
+        """Keyless batches for ``slot`` (guided self-scheduling).
+
+        Each call takes a share of what is left, ``remaining / (actors * in-flight)``, at
+        least one item and at most one full batch per sendable shard: large pieces while
+        the queue is long, small ones at the tail, so a slow actor is not left holding the
+        last big piece.
+        """
+        if not sendable:
+            return []
+        live = sum(1 for s in self.actors if not s.failed) or 1
+        share = -(-self.pull_queued // (live * self._max_inflight))
+        take = min(self.pull_queued, max(1, share), self._max_batch * len(sendable))
+        batches: list[Batch] = []
+        used: set[int] = set()
+        while take > 0:
+            sid = sendable[slot.pull_cursor % len(sendable)]
+            slot.pull_cursor += 1
+            if sid in used:
+                break
+            used.add(sid)
+            segments = take_items(self.pull, min(take, self._max_batch))
+            n = sum(len(s) for s in segments)
+            self.pull_queued -= n
+            slot.outstanding += n
+            take -= n
+            batches.append(self.ledger.new_batch(sid, segments))
+        return batches
+
+    def call_done(self, a: int, alone: bool) -> None:
+        """A call to actor ``a`` was answered (or failed)."""
+        slot = self.actors[a]
+        slot.inflight -= 1
+        if alone:
+            slot.alone = False
+
+    def actor_lost(self, a: int) -> None:
+        """Actor ``a``'s calls in flight will never be answered: free its slots."""
+        slot = self.actors[a]
+        slot.inflight = 0
+        slot.alone = False
+
+    def finished(self, sid: int, n: int) -> None:
+        """``n`` items of shard ``sid`` ended (their actor's load drops)."""
+        if sid >= 0:
+            self.actors[self.ledger.books[sid].actor].outstanding -= n
+
+    # --- failures -----------------------------------------------------------------------------
+
+    def fail_queued(self, sids: list[int], exc: BaseException | None = None) -> list[Delivery]:
+        """End the queued items of ``sids`` (with ``exc``, else their shard's failure)."""
+        out: list[Delivery] = []
+        for sid in sids:
+            err = exc if exc is not None else self.ledger.books[sid].failed
+            if err is None:
+                continue
+            while self.queues[sid]:
+                seg = self.queues[sid].popleft()
+                out.append((sid, seg, [None] * len(seg), [(i, err) for i in range(len(seg))]))
+            self.queued[sid] = 0
+            self.actors[self.ledger.books[sid].actor].ready.discard(sid)
+        return out
+
+    def fail_pull(self, exc: BaseException) -> list[Delivery]:
+        """End every keyless item still waiting to be pulled."""
+        out: list[Delivery] = []
+        while self.pull:
+            seg = self.pull.popleft()
+            out.append((-1, seg, [None] * len(seg), [(i, exc) for i in range(len(seg))]))
+        self.pull_queued = 0
+        return out
+
+    def loads(self) -> list[int]:
+        """Unfinished items per actor (for load-aware routing)."""
+        return [s.outstanding for s in self.actors]

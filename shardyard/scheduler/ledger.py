@@ -1,0 +1,523 @@
+"""The ledger: every batch of every shard from the moment it is numbered until it ends.
+
+Pure bookkeeping, no Ray and no threads (the core calls it under its lock): given what
+happened (a batch was sent, a reply came, an actor died, a call failed), it updates the
+books and returns what to deliver. Model-tested with fake actors in
+``tests/test_ledger_model.py``.
+
+A shard's life is a sequence of generations (see :mod:`shardyard.protocol`). Within one,
+batches are numbered ``0, 1, 2, ...`` and the actor applies them in that order. The ledger
+keeps, per shard:
+
+* ``inflight``: batches sent and not answered yet;
+* ``outbox``: batches numbered but not sent yet (a replay after a restore, a resend, a
+  snapshot barrier), sent before any new batch of the shard;
+* ``log``: batches answered since the last committed snapshot (stateful shards only), to
+  re-apply after a restore; bounded by ``checkpoint_every`` plus the barriers in flight;
+* ``snapshot``: the state before the first batch of the log.
+
+When an actor dies, each of its shards gets a new generation: restore the committed
+snapshot, re-apply the log (``REPLAY``: outputs already delivered, ignored), resend what
+was in flight and in the outbox (``WORK``: outputs delivered when they come). Every item
+therefore ends exactly once: delivered from the one generation that answered it, or failed
+with an error that names its shard and key.
+
+Suspects: a batch in flight when its actor died is sent again *alone* (no other call in
+flight on that actor). If the actor dies again while it is alone, it is split into up to
+8 pieces, each sent alone; a single item that kills its actor alone is a poison item and
+fails with :class:`~shardyard.errors.PoisonItemError`. Deaths charged to a batch this way
+do not use up the actor's restart budget (they are bounded by ``log8`` of the batch size).
+
+Example:
+    >>> import numpy as np
+    >>> from shardyard.scheduler.segments import Segment
+    >>> from shardyard.protocol import BatchReply
+    >>> ledger = Ledger([0], stateful=False, checkpoint_every=None)
+    >>> ledger.placed(0, ledger.books[0].gen)
+    >>> b = ledger.new_batch(0, [Segment(None, np.arange(2), [10, 11], None)])
+    >>> ledger.sent(b)
+    >>> [d[2] for d in ledger.answer(BatchReply(0, b.gen, b.seq, [20, 22], []))]
+    [[20, 22]]
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray import cloudpickle
+
+from shardyard.errors import (
+    ActorLostError,
+    PoisonItemError,
+    SerializationError,
+    ShardFailedError,
+    ShardyardError,
+    TaskError,
+)
+from shardyard.protocol import (
+    BARRIER,
+    REPLAY,
+    WORK,
+    BarrierReply,
+    BatchReply,
+    ItemFailure,
+    Stale,
+    WireBatch,
+)
+from shardyard.scheduler.segments import Segment, concat_items
+from shardyard.scheduler.sinks import Failures
+
+__all__ = ["Batch", "Delivery", "Ledger", "ShardBook"]
+
+log = logging.getLogger(__name__)
+
+# (shard id, segment, its outputs, its failures); shard id -1 for items never routed.
+Delivery = tuple[int, Segment, Any, Failures]
+
+SPLIT = 8  # pieces a suspect batch is cut into after it killed its actor alone
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """One numbered batch of a shard, kept until it ends (and, stateful, until a snapshot)."""
+
+    shard_id: int
+    kind: int  # WORK, REPLAY or BARRIER (shardyard.protocol)
+    segments: list[Segment]  # in item order; empty for a barrier
+    payload: Any  # the items as sent
+    gen: int = 0
+    seq: int = -1
+    deaths: int = 0  # actor deaths it was in flight for
+    alone: bool = False  # a suspect: send it with nothing else in flight on its actor
+    pickled: bool = False  # ask for per-item pickled outputs (the driver failed to load them)
+
+    @property
+    def size(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    def wire(self) -> WireBatch:
+        return WireBatch(self.shard_id, self.gen, self.seq, self.kind, self.payload, self.pickled)
+
+    def split(self, pieces: int) -> list[Batch]:
+        """This batch's items in up to ``pieces`` consecutive batches (same kind)."""
+        segs: list[Segment] = []
+        for s in self.segments:
+            segs.extend(s.select(np.array([i])) for i in range(len(s)))
+        bounds = np.linspace(0, len(segs), min(pieces, len(segs)) + 1).astype(int).tolist()
+        out = []
+        for lo, hi in itertools.pairwise(bounds):
+            part = _merge(segs[lo:hi])
+            out.append(
+                Batch(
+                    self.shard_id,
+                    self.kind,
+                    part,
+                    concat_items(part),
+                    alone=True,
+                    deaths=self.deaths,
+                    pickled=self.pickled,
+                )
+            )
+        return out
+
+
+def _merge(segs: list[Segment]) -> list[Segment]:
+    """Glue consecutive one-item segments of the same sink back together."""
+    out: list[Segment] = []
+    for s in segs:
+        last = out[-1] if out else None
+        if last is not None and last.sink is s.sink and isinstance(last.ref, np.ndarray):
+            keys = None if last.keys is None else [*_as_list(last.keys), *_as_list(s.keys)]
+            out[-1] = Segment(
+                last.sink,
+                np.concatenate([last.ref, s.ref]),
+                [*_as_list(last.items), *_as_list(s.items)],
+                keys,
+                last.epoch,
+            )
+        else:
+            out.append(s)
+    return out
+
+
+def _as_list(x: Any) -> list[Any]:
+    return x.tolist() if isinstance(x, np.ndarray) else list(x)
+
+
+@dataclass(slots=True)
+class ShardBook:
+    """The ledger's page for one shard."""
+
+    actor: int  # index of the actor hosting it
+    gen: int = 0  # current generation
+    next_seq: int = 0  # seq of the next batch numbered in this generation
+    placed: bool = False  # the actor confirmed it hosts this generation
+    outbox: deque[Batch] = field(default_factory=deque)  # numbered, to send in order
+    inflight: dict[int, Batch] = field(default_factory=dict)  # seq -> sent, unanswered
+    log: dict[int, Batch] = field(default_factory=dict)  # seq -> answered since snapshot
+    snapshot: bytes | None = None  # committed: the state before the log's first batch
+    pending: tuple[int, bytes] | None = None  # (barrier seq, state) awaiting earlier answers
+    barrier_out: bool = False  # a barrier is in the outbox or in flight
+    snapshot_failures: int = 0  # consecutive failed barriers
+    failed: BaseException | None = None  # the shard cannot go on: every item fails with it
+    dirty: bool = False  # items were applied to it in some generation
+    items: int = 0  # items ended (driver view)
+    batches: int = 0
+    errors: int = 0
+    replayed: int = 0  # batches re-applied after restores
+
+
+class Ledger:
+    """Sequence numbers, unanswered batches, snapshots and recovery plans of every shard.
+
+    Args:
+        placement: ``placement[shard_id]`` = index of the actor hosting the shard.
+        stateful: the handler is a ``Shard`` (its state must survive a crash).
+        checkpoint_every: answered batches between snapshot barriers of a stateful shard;
+            ``None``: no snapshots, so a crash loses the shard (its items fail).
+        max_snapshot_failures: consecutive failed ``snapshot()`` calls tolerated before
+            the shard fails (as Flink's tolerable checkpoint failures).
+    """
+
+    def __init__(
+        self,
+        placement: Sequence[int],
+        *,
+        stateful: bool,
+        checkpoint_every: int | None,
+        max_snapshot_failures: int = 3,
+    ) -> None:
+        self.books = [ShardBook(actor=int(a)) for a in placement]
+        self._stateful = stateful
+        self._checkpoint_every = checkpoint_every if stateful else None
+        self._max_snapshot_failures = max_snapshot_failures
+        self.outboxed: set[int] = set()  # shards with batches in their outbox
+        self.snapshot_failures = 0  # failed barriers in total (a stat)
+
+    # --- numbering and sending ---------------------------------------------------------
+
+    def new_batch(self, sid: int, segments: list[Segment]) -> Batch:
+        """Number ``segments`` as the next WORK batch of shard ``sid`` (not sent yet)."""
+        book = self.books[sid]
+        b = Batch(sid, WORK, segments, concat_items(segments), book.gen, book.next_seq)
+        book.next_seq += 1
+        return b
+
+    def pop_outbox(self, sid: int) -> Batch:
+        """The next numbered batch of ``sid`` to send (the caller checked there is one)."""
+        book = self.books[sid]
+        b = book.outbox.popleft()
+        if not book.outbox:
+            self.outboxed.discard(sid)
+        return b
+
+    def sent(self, b: Batch) -> None:
+        """``b`` left for its actor: it is in flight until answered or its actor is lost."""
+        book = self.books[b.shard_id]
+        book.inflight[b.seq] = b
+        if b.kind == WORK:
+            book.dirty = True
+
+    def sendable(self, sid: int) -> bool:
+        book = self.books[sid]
+        return book.placed and book.failed is None
+
+    # --- answers -------------------------------------------------------------------------
+
+    def answer(self, r: BatchReply | BarrierReply | Stale) -> list[Delivery]:
+        """Take one reply of the current generation; a reply of another one is ignored.
+
+        A :class:`Stale` reply leaves its batch in flight: the actor no longer hosts this
+        generation (the core sees the new incarnation and calls :meth:`lose_actor`).
+        """
+        book = self.books[r.shard_id]
+        if r.gen != book.gen or type(r) is Stale:
+            return []
+        b = book.inflight.pop(r.seq, None)
+        if b is None:
+            return []  # answered already
+        out: list[Delivery] = []
+        if type(r) is BarrierReply:
+            self._barrier_answered(book, r, out)
+        else:
+            assert type(r) is BatchReply
+            if b.kind == WORK:
+                self._deliver_reply(b, r.outputs, r.failures, out)
+            else:
+                book.replayed += 1
+            if self._checkpoint_every is not None:
+                b.kind = REPLAY  # answered: from now on it is only ever re-applied
+                book.log[b.seq] = b
+                if len(book.log) >= self._checkpoint_every and not book.barrier_out:
+                    self._queue_barrier(r.shard_id)
+        self._promote(book)
+        return out
+
+    def _deliver_reply(
+        self, b: Batch, outputs: Any, failures: list[ItemFailure], out: list[Delivery]
+    ) -> None:
+        book = self.books[b.shard_id]
+        by_pos = {f.position: f for f in failures} if failures else {}
+        if b.pickled:
+            outputs, by_pos = _unpickle_outputs(b, outputs, by_pos)
+        book.batches += 1
+        off = 0
+        for seg in b.segments:
+            n = len(seg)
+            errs: Failures = []
+            if by_pos:
+                for i in range(n):
+                    f = by_pos.get(off + i)
+                    if f is None:
+                        continue
+                    exc: BaseException
+                    if isinstance(f, BaseException):
+                        exc = f
+                    else:
+                        exc = TaskError(b.shard_id, seg.key_at(i), f.exception(), f.traceback)
+                    errs.append((i, exc))
+            self._end(b.shard_id, seg, outputs[off : off + n], errs, out)
+            off += n
+
+    def _end(
+        self, sid: int, seg: Segment, outputs: Any, errs: Failures, out: list[Delivery]
+    ) -> None:
+        book = self.books[sid]
+        book.items += len(seg)
+        book.errors += len(errs)
+        out.append((sid, seg, outputs, errs))
+
+    def _fail_batch(self, b: Batch, exc: BaseException, out: list[Delivery]) -> None:
+        """End every item of WORK batch ``b`` with ``exc`` (a replay or barrier: nothing)."""
+        if b.kind != WORK:
+            return
+        for seg in b.segments:
+            errs: Failures = []
+            for i in range(len(seg)):
+                if isinstance(exc, ShardyardError):
+                    errs.append((i, exc))
+                else:
+                    tb = ItemFailure.capture(i, exc).traceback
+                    errs.append((i, TaskError(b.shard_id, seg.key_at(i), exc, tb)))
+            self._end(b.shard_id, seg, [None] * len(seg), errs, out)
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def _queue_barrier(self, sid: int) -> None:
+        book = self.books[sid]
+        b = Batch(sid, BARRIER, [], None, book.gen, book.next_seq)
+        book.next_seq += 1
+        book.barrier_out = True
+        book.outbox.append(b)
+        self.outboxed.add(sid)
+
+    def _barrier_answered(self, book: ShardBook, r: BarrierReply, out: list[Delivery]) -> None:
+        book.barrier_out = False
+        if r.failure is None:
+            assert r.state is not None
+            book.snapshot_failures = 0
+            book.pending = (r.seq, r.state)
+            return
+        book.snapshot_failures += 1
+        self.snapshot_failures += 1
+        cause = r.failure.exception()
+        log.warning(
+            "shardyard: snapshot() of shard %d failed (%d in a row): %s",
+            r.shard_id,
+            book.snapshot_failures,
+            cause,
+        )
+        if book.snapshot_failures >= self._max_snapshot_failures:
+            err = ShardFailedError(
+                r.shard_id,
+                f"snapshot() failed {book.snapshot_failures} times in a row, so the shard "
+                f"could not be recovered after a crash (its replay log would grow without "
+                f"bound); fix snapshot() or pass checkpoint_every=None. Last cause: {cause!r}",
+                r.failure.traceback,
+            )
+            out.extend(self.fail_shard(r.shard_id, err))
+
+    def _promote(self, book: ShardBook) -> None:
+        """Commit the pending snapshot once every batch before its barrier is answered."""
+        if book.pending is None:
+            return
+        seq, state = book.pending
+        if any(s < seq for s in book.inflight):
+            return
+        book.snapshot = state
+        book.pending = None
+        book.log = {s: b for s, b in book.log.items() if s > seq}
+
+    # --- losses and new generations --------------------------------------------------------
+
+    def lose_actor(self, shards: Sequence[int]) -> tuple[list[Delivery], bool]:
+        """The actor hosting ``shards`` died (or lost its shards): re-plan them.
+
+        Returns:
+            The deliveries (poison items, shards that cannot be rebuilt) and whether the
+            death is charged to a suspect batch that was alone in flight (it then does not
+            count against the actor's restart budget).
+        """
+        out: list[Delivery] = []
+        charged = False
+        for sid in shards:
+            book = self.books[sid]
+            if book.failed is not None:
+                continue
+            chain: list[Batch] = []
+            for b in sorted(book.inflight.values(), key=_seq):
+                if b.kind != WORK:
+                    chain.append(b)
+                    continue
+                b.deaths += 1
+                if not b.alone:
+                    b.alone = True  # a suspect: next time it goes alone
+                    chain.append(b)
+                    continue
+                charged = True
+                if b.size > 1:
+                    chain.extend(b.split(SPLIT))
+                else:
+                    seg = b.segments[0]
+                    err = PoisonItemError(sid, seg.key_at(0), b.deaths)
+                    self._end(sid, seg, [None], [(0, err)], out)
+            book.inflight = {}
+            self._new_generation(sid, chain, out)
+        return out, charged
+
+    def rehost(self, sid: int, b: Batch, exc: BaseException | None) -> list[Delivery]:
+        """A call carrying ``b`` failed without its actor dying: place ``sid`` anew.
+
+        ``exc`` fails ``b``'s items; ``None`` keeps them and asks for per-item pickled
+        outputs (the driver could not load the reply). Either way the new generation starts
+        from the committed snapshot, so ``b``'s effects (if it ran) are dropped with it or
+        applied again exactly once.
+        """
+        book = self.books[sid]
+        out: list[Delivery] = []
+        if book.failed is not None or b.gen != book.gen or book.inflight.get(b.seq) is not b:
+            return out
+        if exc is not None:
+            del book.inflight[b.seq]
+            self._fail_batch(b, exc, out)
+        else:
+            b.pickled = True
+        chain = sorted(book.inflight.values(), key=_seq)
+        book.inflight = {}
+        self._new_generation(sid, chain, out)
+        return out
+
+    def _new_generation(self, sid: int, chain: list[Batch], out: list[Delivery]) -> None:
+        """Renumber what must run again in a new generation, after a restore."""
+        book = self.books[sid]
+        if self._stateful and self._checkpoint_every is None and book.dirty:
+            err = ActorLostError(
+                f"shard {sid} lost its state when its actor died: checkpoint_every is None, "
+                "so there is no snapshot to restore it from; its unfinished and later items "
+                "fail (set checkpoint_every to recover such crashes)"
+            )
+            for b in chain:
+                book.inflight[b.seq] = b  # failed below, with the rest
+            out.extend(self.fail_shard(sid, err))
+            return
+        # What the actor had applied since the snapshot (log) and what it had in flight run
+        # again in their old order; then the batches never sent. Barriers are dropped.
+        redo = sorted([*book.log.values(), *chain], key=_seq)
+        redo.extend(book.outbox)
+        book.gen += 1
+        book.next_seq = 0
+        book.placed = False
+        book.log = {}
+        book.pending = None
+        book.barrier_out = False
+        book.outbox = deque()
+        for b in redo:
+            if b.kind == BARRIER:
+                continue
+            b.gen = book.gen
+            b.seq = book.next_seq
+            book.next_seq += 1
+            book.outbox.append(b)
+        if book.outbox:
+            self.outboxed.add(sid)
+        else:
+            self.outboxed.discard(sid)
+
+    def placed(self, sid: int, gen: int) -> None:
+        """The actor confirmed it hosts generation ``gen`` of ``sid``."""
+        book = self.books[sid]
+        if gen == book.gen:
+            book.placed = True
+
+    def host_state(self, sid: int) -> bytes | None:
+        """The state a new generation of ``sid`` starts from (``None``: a fresh setup)."""
+        return self.books[sid].snapshot
+
+    # --- failures ----------------------------------------------------------------------------
+
+    def fail_shard(self, sid: int, exc: BaseException) -> list[Delivery]:
+        """The shard cannot go on: end its unfinished items with ``exc``, and later ones too."""
+        book = self.books[sid]
+        out: list[Delivery] = []
+        for b in sorted(book.inflight.values(), key=_seq):
+            self._fail_batch(b, exc, out)
+        for b in book.outbox:
+            self._fail_batch(b, exc, out)
+        book.inflight = {}
+        book.outbox = deque()
+        book.log = {}
+        book.pending = None
+        book.snapshot = None
+        book.failed = exc
+        self.outboxed.discard(sid)
+        return out
+
+    def fail_batch_items(self, b: Batch, exc: BaseException) -> list[Delivery]:
+        """End ``b``'s items with ``exc`` and forget it (a batch that never left)."""
+        book = self.books[b.shard_id]
+        book.inflight.pop(b.seq, None)
+        out: list[Delivery] = []
+        self._fail_batch(b, exc, out)
+        return out
+
+    def unanswered(self, sid: int) -> int:
+        """Items of ``sid`` numbered and not ended (in flight or in the outbox, WORK only)."""
+        book = self.books[sid]
+        batches = [*book.inflight.values(), *book.outbox]
+        return sum(b.size for b in batches if b.kind == WORK)
+
+    def retained(self, sid: int) -> int:
+        """Batches held for replay (the bounded memory a crash costs)."""
+        return len(self.books[sid].log)
+
+
+def _seq(b: Batch) -> int:
+    return b.seq
+
+
+def _unpickle_outputs(
+    b: Batch, blobs: Sequence[Any], by_pos: dict[int, Any]
+) -> tuple[list[Any], dict[int, Any]]:
+    """Load per-item pickled outputs; an output that does not load fails alone."""
+    outputs: list[Any] = []
+    failures: dict[int, Any] = dict(by_pos)
+    keys = [seg.key_at(i) for seg in b.segments for i in range(len(seg))]
+    for pos, blob in enumerate(blobs):
+        if pos in failures or blob is None:
+            outputs.append(None)
+            continue
+        try:
+            outputs.append(cloudpickle.loads(blob))
+        except Exception as exc:
+            outputs.append(None)
+            failures[pos] = SerializationError(
+                f"the output of the item with key {keys[pos]!r} on shard {b.shard_id} was "
+                f"computed, but the driver cannot unpickle it: {type(exc).__name__}: {exc}"
+            )
+    return outputs, failures
