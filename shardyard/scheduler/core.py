@@ -611,54 +611,64 @@ class Core:
     async def _place_loop(self, a: int) -> None:
         handle = self._handles[a]
         slot = self.dispatch.actors[a]
+        talked_to: str | None = None  # the process our last host request went to
         while True:
             with self._lock:
                 if self._closing or slot.failed:
                     return
+                if self._incarnation[a] is not None and all(
+                    b.placed or b.failed is not None
+                    for b in (self.ledger.books[sid] for sid in slot.shards)
+                ):
+                    return
+            # Which process answers now? (Waits while Ray restarts it.)
+            try:
+                inc = await asyncio.wait_for(
+                    _await_ref(handle.health.remote()), self._restart_timeout
+                )
+            except asyncio.TimeoutError:
+                self._give_up_now(
+                    a,
+                    ActorLostError(
+                        f"actor {a} did not come back within {self._restart_timeout:g} s "
+                        f"(restart_timeout_s){_resources_hint()}"
+                    ),
+                )
+                return
+            except ActorUnavailableError:
+                await asyncio.sleep(0.05)  # coming back
+                continue
+            except _ACTOR_GONE as exc:
+                self._give_up_now(a, ActorLostError(f"actor {a} is gone for good: {exc}"))
+                return
+            out: list[Delivery] = []
+            with self._lock:
+                known = self._incarnation[a]
+                if known is not None and inc != known:
+                    self._lost(a, known, RuntimeError("the actor was restarted"), out)
+                elif talked_to is not None and inc != talked_to:
+                    # The process we were restoring died (a death during recovery).
+                    self._note_death(a, RuntimeError("died while its shards were restored"), out)
+                talked_to = inc
                 reqs = [
                     HostRequest(sid, book.gen, book.snapshot)
                     for sid in slot.shards
                     if not (book := self.ledger.books[sid]).placed and book.failed is None
                 ]
-                if not reqs and self._incarnation[a] is not None:
-                    return
-                known = self._incarnation[a]
+            self._flush(out)
+            if slot.failed:
+                return
             try:
                 reply = await asyncio.wait_for(
                     _await_ref(handle.host.remote(reqs)), self._restart_timeout
                 )
-            except asyncio.TimeoutError:
-                err = ActorLostError(
-                    f"actor {a} did not come back within {self._restart_timeout:.0f} s "
-                    f"(restart_timeout_s){_resources_hint()}"
-                )
-                out: list[Delivery] = []
-                with self._lock:
-                    self._give_up(a, err, out)
-                self._flush(out)
-                return
-            except ActorUnavailableError:
-                # Coming back: nothing was sent to the unplaced shards, so asking again for
-                # the same generations is safe.
-                await asyncio.sleep(0.1)
-                continue
-            except _ACTOR_GONE as exc:
-                out = []
-                with self._lock:
-                    if self._incarnation[a] is None:
-                        self._note_death(a, exc, out)  # died again while being placed
-                    else:
-                        self._lost(a, self._incarnation[a], exc, out)
-                self._flush(out)
-                continue
+            except (asyncio.TimeoutError, *_ACTOR_GONE):
+                continue  # the health check above tells whether it died
+            if reply.incarnation != inc:
+                continue  # hosted by a process that came up meanwhile: look again
             out = []
             with self._lock:
-                if known is not None and reply.incarnation != known:
-                    # A new process took the requests: the old one died meanwhile.
-                    self._lost(a, known, RuntimeError("the actor was restarted"), out)
-                    self._flush_later(out)
-                    continue
-                self._incarnation[a] = reply.incarnation
+                self._incarnation[a] = inc
                 for req in reqs:
                     failure = reply.failures.get(req.shard_id)
                     if failure is None:
@@ -674,6 +684,12 @@ class Core:
                     out += self.ledger.fail_shard(req.shard_id, failed)
                 out += self.dispatch.fail_queued(slot.shards)
             self._flush(out)
+
+    def _give_up_now(self, a: int, err: BaseException) -> None:
+        out: list[Delivery] = []
+        with self._lock:
+            self._give_up(a, err, out)
+        self._flush(out)
 
     async def _watch(self) -> None:
         """Check every actor's incarnation every ``health_interval_s``, work or no work."""

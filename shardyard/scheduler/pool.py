@@ -26,6 +26,7 @@ import numpy as np
 import pydantic
 import ray
 from ray import cloudpickle
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from shardyard.actors.handler import as_batch
 from shardyard.actors.shard import Shard
@@ -725,7 +726,11 @@ class ShardPool:
             gens, failed = core.expected()
             if failed:
                 raise failed[min(failed)]
-            replies = ray.get([ask(a) for a in self._actors], timeout=left())
+            try:
+                replies = ray.get([ask(a) for a in self._actors], timeout=left())
+            except (RayActorError, ActorUnavailableError):
+                time.sleep(0.05)  # died meanwhile: its restart is noticed, then re-placed
+                continue
             fresh = all(core.confirm(a, r[0]) for a, r in enumerate(replies))
             hosted = {
                 sid: (g if isinstance(g, int) else g[0]) for r in replies for sid, g in r[1].items()
