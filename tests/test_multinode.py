@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import os
+import signal
+import time
 from collections import Counter
 from typing import Any
 
 import pytest
 import ray
 
-from shardyard import Shard, ShardPool
+from shardyard import ActorLostError, Shard, ShardPool
 
 
 class CountKeys(Shard):
@@ -41,3 +45,74 @@ def test_actors_on_every_node_and_results_exact(ray_cluster: Any) -> None:
     for k, n in zip(keys, node_of_item, strict=True):
         per_key.setdefault(k, set()).add(n)
     assert all(len(v) == 1 for v in per_key.values())
+
+
+class Count(Shard):
+    def setup(self, shard_id: int) -> None:
+        self.counts: Counter[int] = Counter()
+
+    def process(self, batch: Any) -> list[str]:
+        for x in batch:
+            self.counts[x % 1000] += 1
+        return [ray.get_runtime_context().get_node_id()] * len(batch)
+
+    def result(self) -> Counter[int]:
+        return self.counts
+
+
+def _lose_node(cluster: Any, actor: Any) -> None:
+    """A node crash: its raylet and every process on it (the actor's included) die."""
+    cluster.remove_node(_worker_node_of(cluster, actor.node_id), False)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(actor.pid, signal.SIGKILL)
+
+
+def _worker_node_of(cluster: Any, node_id: str) -> Any:
+    for node in cluster.list_all_nodes():
+        if node.node_id == node_id and not node.head:
+            return node
+    return None
+
+
+@pytest.mark.parametrize("ray_cluster", [[2, 1]], indirect=True)
+def test_a_lost_node_under_cpu_reserving_actors_is_recovered(ray_cluster: Any) -> None:
+    items = list(range(20_000))
+    with ShardPool(
+        Count, num_actors=2, num_shards=8, num_cpus_per_actor=1, spread=True, checkpoint_every=4
+    ) as pool:
+        nodes = pool.map(items, keys=items)
+        pool.results()  # snapshots committed
+        victims = [a for a in pool.stats().actors if _worker_node_of(ray_cluster, a.node_id)]
+        assert victims, "no actor was placed on the worker node"
+        _lose_node(ray_cluster, victims[0])
+        more = list(range(20_000, 30_000))
+        after = pool.map(more, keys=more)
+        assert pool.reduce(operator.add) == Counter(x % 1000 for x in items + more)
+        stats = pool.stats()
+    assert len(set(nodes)) == 2
+    head = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert set(after) <= head and {a.node_id for a in stats.actors} <= head
+    assert sum(a.restarts for a in stats.actors) >= 1
+
+
+@pytest.mark.parametrize("ray_cluster", [[1, 1]], indirect=True)
+def test_a_lost_node_with_no_room_left_fails_its_items_clearly(ray_cluster: Any) -> None:
+    items = list(range(4_000))
+    with ShardPool(
+        Count, num_actors=2, num_shards=4, num_cpus_per_actor=1, restart_timeout_s=5
+    ) as pool:
+        pool.map(items, keys=items)
+        victim = next(
+            a for a in pool.stats().actors if _worker_node_of(ray_cluster, a.node_id) is not None
+        )
+        _lose_node(ray_cluster, victim)
+        start = time.monotonic()
+        out = pool.map(items, keys=items, return_exceptions=True)
+        took = time.monotonic() - start
+        lost = [o for o in out if isinstance(o, ActorLostError)]
+        assert lost and "did not come back within 5 s" in str(lost[0])
+        assert len(lost) + sum(isinstance(o, str) for o in out) == len(items)
+        victim_shards = set(victim.shards)
+        assert {pool.shard_of([x])[0] for x, o in zip(items, out, strict=True)
+                if isinstance(o, ActorLostError)} <= victim_shards  # fmt: skip
+    assert took < 120

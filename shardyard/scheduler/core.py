@@ -104,6 +104,7 @@ class Core:
         restart_timeout_s: how long a dead actor may take to come back before its shards'
             items fail.
         max_snapshot_failures: consecutive failed snapshots before a shard fails.
+        actor_resources: what each actor reserves (named in errors when it cannot restart).
     """
 
     def __init__(
@@ -122,8 +123,10 @@ class Core:
         health_interval_s: float = 1.0,
         restart_timeout_s: float = 60.0,
         max_snapshot_failures: int = 3,
+        actor_resources: dict[str, float] | None = None,
     ) -> None:
         self.partitioner = partitioner
+        self._actor_resources = dict(actor_resources or {})
         self._handles = actors
         self._max_retries = max_retries
         self._submit_sink = submit_sink
@@ -612,6 +615,8 @@ class Core:
         handle = self._handles[a]
         slot = self.dispatch.actors[a]
         talked_to: str | None = None  # the process our last host request went to
+        # Reset whenever the actor answers: how long it may stay unreachable.
+        deadline = time.monotonic() + self._restart_timeout
         while True:
             with self._lock:
                 if self._closing or slot.failed:
@@ -624,23 +629,22 @@ class Core:
             # Which process answers now? (Waits while Ray restarts it.)
             try:
                 inc = await asyncio.wait_for(
-                    _await_ref(handle.health.remote()), self._restart_timeout
+                    _await_ref(handle.health.remote()),
+                    max(0.01, deadline - time.monotonic()),
                 )
             except asyncio.TimeoutError:
-                self._give_up_now(
-                    a,
-                    ActorLostError(
-                        f"actor {a} did not come back within {self._restart_timeout:g} s "
-                        f"(restart_timeout_s){_resources_hint()}"
-                    ),
-                )
+                self._give_up_now(a, self._unreachable(a))
                 return
             except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    self._give_up_now(a, self._unreachable(a))
+                    return
                 await asyncio.sleep(0.05)  # coming back
                 continue
             except _ACTOR_GONE as exc:
                 self._give_up_now(a, ActorLostError(f"actor {a} is gone for good: {exc}"))
                 return
+            deadline = time.monotonic() + self._restart_timeout
             out: list[Delivery] = []
             with self._lock:
                 known = self._incarnation[a]
@@ -684,6 +688,13 @@ class Core:
                     out += self.ledger.fail_shard(req.shard_id, failed)
                 out += self.dispatch.fail_queued(slot.shards)
             self._flush(out)
+
+    def _unreachable(self, a: int) -> ActorLostError:
+        need = ", ".join(f"{k}: {v:g}" for k, v in self._actor_resources.items()) or "CPU: 0"
+        return ActorLostError(
+            f"actor {a} did not come back within {self._restart_timeout:g} s "
+            f"(restart_timeout_s): it needs {{{need}}}{_resources_hint()}"
+        )
 
     def _give_up_now(self, a: int, err: BaseException) -> None:
         out: list[Delivery] = []
@@ -871,7 +882,7 @@ def _resources_hint() -> str:
     except Exception:
         return ""
     cpu = f"CPU {free.get('CPU', 0):g} free of {total.get('CPU', 0):g}"
-    return f"; the cluster has {cpu} (a node lost, or no room to restart it?)"
+    return f", and the cluster has {cpu} (a node was lost and no other has room?)"
 
 
 def _pickle_error(x: Any) -> str | None:

@@ -134,7 +134,10 @@ class Dispatch:
                     batches.append(self._cut(sid))
             slot.ready = {s for s in slot.ready if self.queued[s]}
             if self.pull_queued:
-                batches += self._take_pulled(slot, sendable)
+                # A shard with numbered batches still in its outbox gets no new batch: it
+                # would overtake them, and its actor would hold this call until they come.
+                free = [s for s in sendable if s not in ledger.outboxed]
+                batches += self._take_pulled(slot, free)
             if not batches:
                 break
             for b in batches:

@@ -105,7 +105,11 @@ class Batch:
         return WireBatch(self.shard_id, self.gen, self.seq, self.kind, self.payload, self.pickled)
 
     def split(self, pieces: int) -> list[Batch]:
-        """This batch's items in up to ``pieces`` consecutive batches (same kind)."""
+        """This batch's items in up to ``pieces`` consecutive batches (same kind).
+
+        The pieces keep the batch's ``gen`` and ``seq`` until they are renumbered, so a
+        recovery plan sorted by ``seq`` keeps them at the batch's place in the shard's order.
+        """
         segs: list[Segment] = []
         for s in self.segments:
             segs.extend(s.select(np.array([i])) for i in range(len(s)))
@@ -119,6 +123,8 @@ class Batch:
                     self.kind,
                     part,
                     concat_items(part),
+                    self.gen,
+                    self.seq,
                     alone=True,
                     deaths=self.deaths,
                     pickled=self.pickled,

@@ -224,6 +224,7 @@ class ShardPool:
                 health_interval_s=cfg.health_check_interval_s,
                 restart_timeout_s=cfg.restart_timeout_s,
                 max_snapshot_failures=cfg.max_snapshot_failures,
+                actor_resources={"CPU": cfg.num_cpus_per_actor} if cfg.num_cpus_per_actor else {},
             )
             # Places every shard: a failing setup() surfaces here, with its traceback.
             try:
