@@ -395,3 +395,10 @@ def test_start_times_out_naming_the_resources() -> None:
     pool.close()
     with ShardPool(abs, num_actors=2) as ok:  # the CPUs were given back
         assert ok.map([-1, -2]) == [1, 2]
+
+
+def test_map_takes_a_timeout() -> None:
+    with ShardPool(_hang, num_actors=1, num_shards=1) as pool:
+        with pytest.raises(TimeoutError, match="did not finish within 0.5 s"):
+            pool.map([1, 2, 3, 4], keys=[1, 2, 3, 4], timeout=0.5)
+        pool.close(timeout=0.5)

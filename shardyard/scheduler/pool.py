@@ -457,7 +457,7 @@ class ShardPool:
         return _InputFailed(err)
 
     def _stream(
-        self, items: Iterable[Any], keys: Keys, keep: bool
+        self, items: Iterable[Any], keys: Keys, keep: bool, timeout: float | None = None
     ) -> Iterator[tuple[MapSink, list[tuple[np.ndarray, Any]], list[tuple[int, BaseException]]]]:
         """Feed chunks with backpressure; yield pieces of results as they arrive.
 
@@ -466,6 +466,7 @@ class ShardPool:
                 every item handed over before it has finished (and, when streaming, been
                 yielded); its ``sink`` tells what was submitted.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         core = self._ensure_started()
         sink = MapSink(self.config.max_pending_items, keep=keep)
         chunks = self._chunks(items, keys)
@@ -488,10 +489,12 @@ class ShardPool:
                 if exhausted:
                     # Wake up now and then so a progress bar moves while the tail finishes.
                     while not sink.wait_all(timeout=0.1):
+                        _check_deadline(deadline, timeout, sink)
                         yield sink, [], []
                     yield sink, [], []
                     break
-                sink.wait_capacity()
+                while not sink.wait_capacity(timeout=0.1):
+                    _check_deadline(deadline, timeout, sink)
                 yield sink, [], []
                 continue
             pieces, errors = sink.take(block=True)
@@ -516,6 +519,7 @@ class ShardPool:
         *,
         return_exceptions: bool = False,
         progress: bool = False,
+        timeout: float | None = None,
     ) -> Any:
         """Process every item; return the outputs in input order.
 
@@ -526,6 +530,8 @@ class ShardPool:
             return_exceptions: put each failed item's :class:`~shardyard.TaskError` in
                 its place instead of raising the first one.
             progress: show a tqdm progress bar (notebook-aware).
+            timeout: seconds the whole call may take; ``TimeoutError`` after (the items
+                already handed over keep running).
 
         Returns:
             A numpy array when ``items`` is one and the handler returns arrays, else a list.
@@ -548,7 +554,7 @@ class ShardPool:
         numpy_in = isinstance(items, np.ndarray)
         sink: MapSink | None = None
         try:
-            for sink, _, _ in self._stream(items, keys, keep=True):
+            for sink, _, _ in self._stream(items, keys, keep=True, timeout=timeout):
                 if bar is not None:
                     bar.update(sink.finished - bar.n)
         except _InputFailed as failed:
@@ -1033,3 +1039,11 @@ def _wait_scheduled(actors: list[Any], deadline: float, cpus_per_actor: float | 
         "left running. Lower num_actors or num_cpus_per_actor, add nodes, or pass a longer "
         "start(timeout=...)"
     )
+
+
+def _check_deadline(deadline: float | None, timeout: float | None, sink: MapSink) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(
+            f"map did not finish within {timeout:g} s: {sink.finished} of the "
+            f"{sink.submitted} items handed over so far have finished (the rest keep running)"
+        )

@@ -74,11 +74,14 @@ class MapSink(Sink):
         """The consumer is done with ``n`` taken items (stream use)."""
         self.released += n
 
-    def wait_capacity(self) -> None:
-        """Block until the driver holds fewer than ``max_pending`` items of this call."""
+    def wait_capacity(self, timeout: float | None = None) -> bool:
+        """Block until the driver holds fewer than ``max_pending`` items of this call.
+
+        Returns:
+            False when ``timeout`` passed first.
+        """
         with self._cond:
-            while self._held() >= self._max_pending:
-                self._cond.wait()
+            return self._cond.wait_for(lambda: self._held() < self._max_pending, timeout)
 
     def all_done(self) -> bool:
         return self.finished == self.submitted
