@@ -3,10 +3,13 @@
 ``ShardActor`` is a plain class; the scheduler makes it remote at construction with
 ``ray.remote(**options)(ShardActor)`` (see :func:`remote_shard_actor`). It
 
-* runs the batches of each hosted shard strictly in sequence-number order, one at a time,
-  while different shards interleave on the actor's event loop;
+* hosts nothing until the driver places shard *generations* on it (``host``), and draws a
+  random incarnation id per process, so a restarted actor is recognised (see
+  :mod:`shardyard.protocol`);
+* runs the batches of each hosted generation strictly in sequence-number order, one at a
+  time, while different shards interleave on the actor's event loop;
 * keeps per-shard counters (items, batches, errors, busy time) for ``stats``;
-* answers control calls (stats, health, results, snapshot) from a separate concurrency
+* answers control calls (stats, health, results, reduce_local) from a separate concurrency
   group, whose own thread and event loop keep them responsive while a shard is busy.
 """
 
