@@ -182,7 +182,7 @@ class PoisonItemError(TaskError):
             key,
             None,
             f"the shard actor's process died {deaths} times while this item was in flight, "
-            "the last time while it ran alone: the handler kills its process on this item "
+            "twice while it ran alone: the handler kills its process on this item "
             "(os._exit, a segfault, or running out of memory)",
         )
 

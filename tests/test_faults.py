@@ -402,3 +402,20 @@ def test_map_takes_a_timeout() -> None:
         with pytest.raises(TimeoutError, match="did not finish within 0.5 s"):
             pool.map([1, 2, 3, 4], keys=[1, 2, 3, 4], timeout=0.5)
         pool.close(timeout=0.5)
+
+
+class CountWithBadOutput(Count):
+    def process(self, batch: Any) -> list[Any]:
+        out: list[Any] = super().process(batch)
+        return [_LoadsOnlyInActors() if x == 7 else o for x, o in zip(batch, out, strict=True)]
+
+
+def test_a_replayed_batch_with_an_unloadable_output_does_not_fail_its_shard() -> None:
+    items = list(range(1_000))
+    with ShardPool(CountWithBadOutput, num_actors=1, num_shards=1, checkpoint_every=50) as pool:
+        out = pool.map(items, keys=items, return_exceptions=True)
+        assert [i for i, o in enumerate(out) if isinstance(o, BaseException)] == [7]
+        _kill(_pid(pool, 0))  # the batch holding item 7 is replayed after the restore
+        more = list(range(1_000, 1_500))
+        pool.map(more, keys=more)
+        assert pool.reduce(operator.add) == _expected(items + more)

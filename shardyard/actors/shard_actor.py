@@ -31,6 +31,7 @@ from shardyard.actors.handler import ensure_picklable, run_batch
 from shardyard.actors.shard import Shard
 from shardyard.protocol import (
     BARRIER,
+    REPLAY,
     BarrierReply,
     BatchReply,
     CallReply,
@@ -114,7 +115,10 @@ class ShardActor:
         else:
             start = time.perf_counter()
             outputs, failures = await run_batch(hosted.instance, self._batched, b.items)
-            if b.pickled:
+            if b.kind == REPLAY:
+                # Re-applied after a restore: the outputs were delivered the first time.
+                outputs, failures = [], []
+            elif b.pickled:
                 outputs, failures = _pickle_each(outputs, failures)
             else:
                 outputs, failures = ensure_picklable(outputs, failures)

@@ -86,14 +86,14 @@ class Dispatch:
 
     def enqueue(self, sid: int, seg: Segment) -> list[Delivery]:
         """Queue ``seg`` for shard ``sid``; a failed shard ends its items at once."""
+        slot = self.actors[self.ledger.books[sid].actor]
+        slot.outstanding += len(seg)  # also when they end at once: finished() counts them off
         failed = self.ledger.books[sid].failed
         if failed is not None:
             return [(sid, seg, [None] * len(seg), [(i, failed) for i in range(len(seg))])]
         self.queues[sid].append(seg)
         self.queued[sid] += len(seg)
-        slot = self.actors[self.ledger.books[sid].actor]
         slot.ready.add(sid)
-        slot.outstanding += len(seg)
         return []
 
     def enqueue_pull(self, seg: Segment) -> None:

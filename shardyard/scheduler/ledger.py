@@ -25,8 +25,9 @@ with an error that names its shard and key.
 Suspects: a batch in flight when its actor died is sent again *alone* (no other call in
 flight on that actor). If the actor dies again while it is alone, it is split into up to
 8 pieces, each sent alone; a single item that kills its actor alone is a poison item and
-fails with :class:`~shardyard.errors.PoisonItemError`. Deaths charged to a batch this way
-do not use up the actor's restart budget (they are bounded by ``log8`` of the batch size).
+fails with :class:`~shardyard.errors.PoisonItemError` once that happened twice (once could
+be a kill from outside). Deaths charged to a batch this way do not use up the actor's
+restart budget (they are bounded by ``log8`` of the batch size, plus two).
 
 Example:
     >>> import numpy as np
@@ -81,6 +82,7 @@ log = logging.getLogger(__name__)
 Delivery = tuple[int, Segment, Any, Failures]
 
 SPLIT = 8  # pieces a suspect batch is cut into after it killed its actor alone
+POISON_AFTER = 2  # deaths of a lone item, running alone, that make it a poison item
 
 
 @dataclass(slots=True, eq=False)
@@ -95,6 +97,7 @@ class Batch:
     seq: int = -1
     deaths: int = 0  # actor deaths it was in flight for
     alone: bool = False  # a suspect: send it with nothing else in flight on its actor
+    alone_deaths: int = 0  # deaths while it ran alone (as this batch, not its parent)
     pickled: bool = False  # ask for per-item pickled outputs (the driver failed to load them)
 
     @property
@@ -387,8 +390,11 @@ class Ledger:
                     chain.append(b)
                     continue
                 charged = True
+                b.alone_deaths += 1
                 if b.size > 1:
                     chain.extend(b.split(SPLIT))
+                elif b.alone_deaths < POISON_AFTER:
+                    chain.append(b)  # once may be a kill from outside: run it alone again
                 else:
                     seg = b.segments[0]
                     err = PoisonItemError(sid, seg.key_at(0), b.deaths)
