@@ -399,7 +399,7 @@ def test_start_times_out_naming_the_resources() -> None:
 
 def test_map_takes_a_timeout() -> None:
     with ShardPool(_hang, num_actors=1, num_shards=1) as pool:
-        with pytest.raises(TimeoutError, match="did not finish within 0.5 s"):
+        with pytest.raises(TimeoutError, match=r"did not finish within 0\.5 s"):
             pool.map([1, 2, 3, 4], keys=[1, 2, 3, 4], timeout=0.5)
         pool.close(timeout=0.5)
 
