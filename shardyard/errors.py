@@ -176,15 +176,18 @@ class PoisonItemError(TaskError):
     """
 
     def __init__(self, shard_id: int, key: Any, deaths: int) -> None:
-        self.deaths = deaths
-        super().__init__(
-            shard_id,
-            key,
-            None,
+        why = (
             f"the shard actor's process died {deaths} times while this item was in flight, "
             "twice while it ran alone: the handler kills its process on this item "
-            "(os._exit, a segfault, or running out of memory)",
+            "(os._exit, a segfault, running out of memory), or its process was killed from "
+            "outside each time"
         )
+        super().__init__(shard_id, key, None, why)
+        self.deaths = deaths
+        self.args = (f"poison item on shard {shard_id}, key {key!r}: {why}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PoisonItemError, (self.shard_id, self.key, self.deaths))

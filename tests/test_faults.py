@@ -6,6 +6,7 @@ a count that differs, and a hang as the pytest timeout.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import signal
@@ -332,8 +333,9 @@ def _hang(x: int) -> int:
 
 def test_close_with_a_timeout_ends_every_future_and_the_actors() -> None:
     pool = ShardPool(_hang, num_actors=1, num_shards=1)
-    futures = [pool.submit(i, key=i) for i in range(6)]
+    futures = [pool.submit(0, key=0)]
     assert futures[0].result(timeout=60) == 0
+    futures += [pool.submit(i, key=i) for i in range(1, 6)]
     pid = _pid(pool, 0)
     start = time.monotonic()
     pool.close(timeout=1.0)
@@ -419,3 +421,119 @@ def test_a_replayed_batch_with_an_unloadable_output_does_not_fail_its_shard() ->
         more = list(range(1_000, 1_500))
         pool.map(more, keys=more)
         assert pool.reduce(operator.add) == _expected(items + more)
+
+
+def test_keyless_work_after_every_actor_was_given_up_fails_clearly() -> None:
+    with ShardPool(_slow_double_keyless, num_actors=1, max_retries=0) as pool:
+        assert pool.map([1, 2]) == [2, 4]
+        _kill(_pid(pool, 0))
+        deadline = time.monotonic() + 60
+        while pool.stats().actors[0].state != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(ActorLostError):
+            pool.submit(5).result(timeout=30)
+        out = pool.map([1, 2, 3], return_exceptions=True)
+        assert all(isinstance(o, ActorLostError) for o in out)
+        pool.close(timeout=30)
+
+
+def _slow_double_keyless(x: int) -> int:
+    return x * 2
+
+
+class NumpyShard(Shard):
+    def setup(self, shard_id: int) -> None:
+        self.n = 0
+
+    def process(self, batch: Any) -> Any:
+        if 300 in batch.tolist():
+            os._exit(1)
+        self.n += len(batch)
+        return batch * 2  # needs an array: a list would be repeated
+
+    def result(self) -> int:
+        return self.n
+
+
+def test_a_poison_item_in_a_numpy_batch_fails_alone_and_waits_still_work() -> None:
+    items = list(range(800))
+    with ShardPool(
+        NumpyShard, num_actors=1, num_shards=1, chunk_size=5, max_batch_size=200
+    ) as pool:
+        stop = threading.Event()
+
+        def waiter() -> None:  # many short waits: each opens a wait epoch
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    pool.wait(timeout=0.0005)
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        try:
+            out = pool.map(items, keys=items, return_exceptions=True)
+        finally:
+            stop.set()
+            t.join()
+        assert [i for i, o in enumerate(out) if isinstance(o, BaseException)] == [300]
+        assert isinstance(out[300], PoisonItemError)
+        assert all(out[i] == 2 * i for i in items if i != 300)
+        pool.wait(timeout=30)  # the wait accounting survived the split
+        assert pool.reduce(operator.add, timeout=30) == 799
+
+
+async def _async_double(batch: Any) -> Any:
+    return batch * 2
+
+
+def test_an_async_batched_function_gets_arrays_from_submit() -> None:
+    with ShardPool(_async_double, batched=True, num_actors=1) as pool:
+        assert pool.submit(21, key=1).result(timeout=60) == 42
+
+
+def _shard_of_each(pool: ShardPool, keys: list[str]) -> dict[int, list[str]]:
+    by_shard: dict[int, list[str]] = {}
+    for k, s in zip(keys, pool.shard_of(keys).tolist(), strict=True):
+        by_shard.setdefault(s, []).append(k)
+    return by_shard
+
+
+class StrCount(Shard):
+    def setup(self, shard_id: int) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def process_item(self, word: str) -> Any:
+        self.counts[word] += 1
+        return _LoadsOnlyInActors() if word.startswith("bad") else word
+
+    def result(self) -> Counter[str]:
+        return self.counts
+
+
+@pytest.mark.parametrize("checkpoint_every", [4, None])
+def test_an_unloadable_output_fails_only_its_item_next_to_a_replay(
+    checkpoint_every: int | None,
+) -> None:
+    words = [f"w{i}" for i in range(400)]
+    with ShardPool(StrCount, num_actors=1, num_shards=2, checkpoint_every=checkpoint_every) as pool:
+        pool.map(words, keys=words)
+        if checkpoint_every is not None:
+            _kill(_pid(pool, 0))  # the next calls carry replays of both shards
+        bad = next(f"bad{i}" for i in range(100) if pool.shard_of([f"bad{i}"])[0] == 1)
+        more = [f"v{i}" for i in range(200)] + [bad] + [f"u{i}" for i in range(200)]
+        out = pool.map(more, keys=more, return_exceptions=True)
+        errors = [(w, o) for w, o in zip(more, out, strict=True) if isinstance(o, BaseException)]
+        assert [w for w, _ in errors] == [bad]
+        assert isinstance(errors[0][1], SerializationError)
+        assert pool.reduce(operator.add) == Counter(words + more)
+
+
+def test_reduce_while_another_thread_maps() -> None:
+    items = list(range(50_000))
+    with ShardPool(Count, num_actors=2, num_shards=8, max_batch_size=100) as pool:
+        runner = threading.Thread(target=lambda: pool.map(items, keys=items))
+        runner.start()
+        for _ in range(10):
+            pool.reduce(operator.add, timeout=60)  # never reads state a batch is changing
+        runner.join(timeout=120)
+        assert pool.reduce(operator.add) == _expected(items)

@@ -177,12 +177,16 @@ async def run_batch(
                 if inspect.iscoroutinefunction(handler.process_item):
                     return await _per_item_async(handler.process_item, batch)
                 return _per_item(handler.process_item, batch)
+            if isinstance(batch, list):
+                batch = as_batch(batch)  # numeric items reach process() as an array
             out = handler.process(batch)
             if inspect.isawaitable(out):
                 out = await out
             return _check_length(out, n, f"{type(handler).__name__}.process"), []
         if inspect.iscoroutinefunction(handler):
             if batched:
+                if isinstance(batch, list):
+                    batch = as_batch(batch)
                 return _check_length(await handler(batch), n, "batched handler"), []
             return await _per_item_async(handler, batch)
         if batched:

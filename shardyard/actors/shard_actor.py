@@ -9,7 +9,7 @@
 * runs the batches of each hosted generation strictly in sequence-number order, one at a
   time, while different shards interleave on the actor's event loop;
 * keeps per-shard counters (items, batches, errors, busy time) for ``stats``;
-* answers control calls (stats, health, results, reduce_local) from a separate concurrency
+* answers control calls (stats, health) from a separate concurrency
   group, whose own thread and event loop keep them responsive while a shard is busy.
 """
 
@@ -19,6 +19,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ from shardyard.protocol import (
 __all__ = ["CONTROL_GROUP", "ShardActor", "remote_shard_actor"]
 
 CONTROL_GROUP = "control"
+RECENT_REPLIES = 16  # replies kept per shard, to answer again (see ShardActor.replies)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class _HostedShard:
     gen: int  # the generation hosted (see shardyard.protocol)
     next_seq: int = 0  # sequence number of the next batch this shard may run
     waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # seq -> its turn
+    # seq -> its reply, the last few: asked for again when the driver could not load one
+    recent: OrderedDict[int, BatchReply | BarrierReply] = field(default_factory=OrderedDict)
     items: int = 0
     batches: int = 0
     errors: int = 0
@@ -128,11 +132,28 @@ class ShardActor:
             hosted.errors += len(failures)
             reply = BatchReply(b.shard_id, b.gen, b.seq, outputs, failures)
         if self._shards.get(b.shard_id) is hosted:
+            hosted.recent[b.seq] = reply
+            if len(hosted.recent) > RECENT_REPLIES:
+                hosted.recent.popitem(last=False)
             hosted.next_seq = b.seq + 1
             nxt = hosted.waiters.pop(b.seq + 1, None)
             if nxt is not None and not nxt.done():
                 nxt.set_result(False)
         return reply
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def replies(self, keys: list[tuple[int, int, int]]) -> list[BatchReply | BarrierReply | None]:
+        """The replies of batches ``[(shard_id, gen, seq), ...]`` again, each output pickled on
+        its own (bytes), for a reply the driver could not load; ``None`` where it is gone."""
+        out: list[BatchReply | BarrierReply | None] = []
+        for sid, gen, seq in keys:
+            hosted = self._shards.get(sid)
+            reply = hosted.recent.get(seq) if hosted is not None and hosted.gen == gen else None
+            if isinstance(reply, BatchReply):
+                blobs, failures = _pickle_each(reply.outputs, reply.failures)
+                reply = BatchReply(sid, gen, seq, blobs, failures)
+            out.append(reply)
+        return out
 
     # --- placement ----------------------------------------------------------------------------
 
@@ -172,17 +193,23 @@ class ShardActor:
             instance.restore(cloudpickle.loads(state))
         return instance
 
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    def results(self) -> tuple[str, dict[int, tuple[int, Any]]]:
-        """The incarnation, and ``{shard_id: (generation, partial result)}`` of every shard."""
+    async def results(self) -> tuple[str, dict[int, tuple[int, Any]]]:
+        """The incarnation, and ``{shard_id: (generation, partial result)}`` of every shard.
+
+        Runs on the work loop, between batches (not in the control group), so a partial is
+        never read while a batch is changing it.
+        """
         return self._incarnation, {
             sid: (h.gen, h.instance.result() if isinstance(h.instance, Shard) else None)
             for sid, h in self._shards.items()
         }
 
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    def reduce_local(self, combine: Callable[[Any, Any], Any]) -> tuple[str, dict[int, int], Any]:
+    async def reduce_local(
+        self, combine: Callable[[Any, Any], Any]
+    ) -> tuple[str, dict[int, int], Any]:
         """Combine this actor's partials in place, so only one value leaves the process.
+
+        Runs on the work loop, between batches, as :meth:`results` does.
 
         Returns:
             The incarnation, ``{shard_id: generation}`` of the shards combined, and the value.

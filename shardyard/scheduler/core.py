@@ -72,6 +72,7 @@ __all__ = ["Core", "kill_quietly"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+HOST_ATTEMPTS = 3  # tries of a shard's setup()/restore() before the shard fails
 
 
 @dataclass(slots=True, eq=False)
@@ -154,6 +155,7 @@ class Core:
         self._restarts = [0] * n  # deaths recovered from, all causes (a stat)
         self._calls: list[set[_Call]] = [set() for _ in range(n)]  # calls in flight
         self._timers = [False] * n  # a held-batch timer is set for the actor
+        self._host_failures: dict[int, int] = {}  # shard -> failed setup/restore attempts
         # Work handed over by user threads, in order: a list of (shard id, segment) per map
         # chunk, or an (item, key, future) tuple per submit.
         self._inbox: deque[list[tuple[int, Segment]] | tuple[Any, Any, Any]] = deque()
@@ -382,7 +384,10 @@ class Core:
     def _enqueue(self, sid: int, seg: Segment, touched: set[int], out: list[Delivery]) -> None:
         self._receive(seg)
         if sid == PULL:
-            self.dispatch.enqueue_pull(seg)
+            failed = self.dispatch.enqueue_pull(seg)
+            if failed:
+                out += failed
+                return
             touched.update(range(len(self._handles)))
             return
         failed = self.dispatch.enqueue(sid, seg)
@@ -465,12 +470,18 @@ class Core:
         if found:
             self._send(a, batches)  # never sent: the same numbers are still free
             return out
-        # No single item to blame: the call's items fail, and its shards are placed anew
-        # (the actor waits for the numbers this call held).
+        # No single item to blame: send each batch in a call of its own, so the one that
+        # does not serialise fails alone (an empty batch takes its number).
         self.dispatch.call_done(a, alone)
         for b in batches:
-            out += self.ledger.rehost(b.shard_id, b, exc if b.kind == WORK else None)
-        self._place_later(a)
+            if len(batches) > 1:
+                out += self.ledger.retry(b, None)
+            elif b.kind == WORK:
+                out += self.ledger.retry(b, exc)
+            elif self.ledger.books[b.shard_id].failed is None:
+                err = ShardFailedError(b.shard_id, f"a replay batch could not be sent: {exc}")
+                out += self.ledger.fail_shard(b.shard_id, err)
+        self._loop.call_soon_threadsafe(self._kick_locked, a)
         return out
 
     # --- core side: replies -----------------------------------------------------------------
@@ -516,34 +527,70 @@ class Core:
     def _call_failed(self, call: _Call, exc: BaseException, out: list[Delivery]) -> None:
         """The call failed, not the handler (whose errors come as replies) nor the actor.
 
-        Driver side (the reply did not unpickle here): run the batches again, their
-        outputs pickled one by one, so only the outputs that do not load fail. Actor side
-        (the arguments did not unpickle there): a call of one batch fails its items; a call
-        of several is split, each batch sent alone, so only the culprit fails.
+        Driver side (the reply did not unpickle here): ask the actor for the replies again,
+        each output pickled on its own, so only the outputs that do not load fail. Actor
+        side (the arguments did not unpickle there, so nothing ran): a call of one batch
+        fails its items; a call of several is split, each batch sent in a call of its own,
+        so only the culprit fails.
         """
         if call.incarnation != self._incarnation[call.actor]:
             return  # its actor was re-placed meanwhile: the batches were re-planned then
         driver_side = isinstance(exc, RaySystemError) and not isinstance(exc, RayTaskError)
-        err: BaseException
+        if driver_side:
+            # Everything ran; the reply did not load here: ask for it again, item by item.
+            self._loop.call_soon_threadsafe(self._spawn, self._fetch_replies(call))
+            return
+        self._isolate(call, exc, out)
+
+    async def _fetch_replies(self, call: _Call) -> None:
+        """Load a call's replies one output at a time, so only unloadable outputs fail.
+
+        Falls back, for a batch whose reply the actor no longer keeps, to running it again
+        from a rebuilt shard (outputs pickled one by one), or, when its shard cannot be
+        rebuilt (``checkpoint_every=None``), to failing its items.
+        """
+        keys = [(b.shard_id, b.gen, b.seq) for b in call.batches]
+        replies: list[Any] = [None] * len(keys)
+        with contextlib.suppress(Exception):
+            ref = self._handles[call.actor].replies.remote(keys)
+            replies = await asyncio.wait_for(_await_ref(ref), 60)
+        out: list[Delivery] = []
+        replace = False
+        with self._lock:
+            for b, r in zip(call.batches, replies, strict=True):
+                book = self.ledger.books[b.shard_id]
+                if book.gen != b.gen or book.inflight.get(b.seq) is not b:
+                    continue  # re-planned meanwhile (its actor died)
+                if r is not None:
+                    b.pickled = True
+                    out += self.ledger.answer(r)
+                elif self.ledger.can_rebuild:
+                    out += self.ledger.rehost(b.shard_id, b, None)
+                    replace = True
+                else:
+                    err = SerializationError(
+                        f"a batch of shard {b.shard_id} ran, but its outputs could not be "
+                        "loaded on the driver, and with checkpoint_every=None it cannot be "
+                        "run again to load them one by one"
+                    )
+                    out += self.ledger.outputs_lost(b, err)
+        self._flush(out)
+        if replace:
+            self._place_later(call.actor)
+        self._kick_locked(call.actor)
+
+    def _isolate(self, call: _Call, exc: BaseException, out: list[Delivery]) -> None:
+        """Nothing in the call ran (its arguments did not load in the actor)."""
         for b in call.batches:
-            if b.kind == REPLAY:
-                err = ShardFailedError(
-                    b.shard_id, f"re-applying its log after a restore failed: {exc}"
-                )
-                if self.ledger.books[b.shard_id].failed is None:
-                    out += self.ledger.fail_shard(b.shard_id, err)
-                continue
-            if driver_side and b.kind == WORK:
-                out += self.ledger.rehost(b.shard_id, b, None)
-            elif len(call.batches) > 1 and not b.alone:
-                b.alone = True
-                out += self.ledger.rehost(b.shard_id, b, None)
-                b.pickled = False
-            else:
+            if len(call.batches) > 1:
+                out += self.ledger.retry(b, None)  # nothing ran: find the culprit alone
+            elif b.kind == WORK:
                 # Each item ends in a TaskError naming its shard and key, with the cause.
-                err = _unwrap(exc)
-                out += self.ledger.rehost(b.shard_id, b, err)
-        self._place_later(call.actor)
+                out += self.ledger.retry(b, _unwrap(exc))
+            elif self.ledger.books[b.shard_id].failed is None:
+                kind = "replay" if b.kind == REPLAY else "barrier"
+                why = f"a {kind} batch could not run: {exc}"
+                out += self.ledger.fail_shard(b.shard_id, ShardFailedError(b.shard_id, why))
 
     # --- deaths and placing -------------------------------------------------------------------
 
@@ -593,6 +640,8 @@ class Core:
             if self.ledger.books[sid].failed is None:
                 out += self.ledger.fail_shard(sid, err)
         out += self.dispatch.fail_queued(slot.shards)
+        if all(s.failed for s in self.dispatch.actors):
+            out += self.dispatch.fail_pull(err)
         handle = self._handles[a]
         self._loop.call_soon_threadsafe(kill_quietly, handle)
 
@@ -608,8 +657,21 @@ class Core:
         finally:
             with self._lock:
                 self._placing[a] = False
-            if not self._closing:
+                # A death reported after the loop's last look found _placing still set.
+                again = self._needs_placing(a)
+            if again:
+                self._place_later(a)
+            elif not self._closing:
                 self._kick_locked(a)
+
+    def _needs_placing(self, a: int) -> bool:
+        slot = self.dispatch.actors[a]
+        if self._closing or slot.failed:
+            return False
+        return self._incarnation[a] is None or any(
+            not b.placed and b.failed is None
+            for b in (self.ledger.books[sid] for sid in slot.shards)
+        )
 
     async def _place_loop(self, a: int) -> None:
         handle = self._handles[a]
@@ -621,10 +683,7 @@ class Core:
             with self._lock:
                 if self._closing or slot.failed:
                     return
-                if self._incarnation[a] is not None and all(
-                    b.placed or b.failed is not None
-                    for b in (self.ledger.books[sid] for sid in slot.shards)
-                ):
+                if not self._needs_placing(a):
                     return
             # Which process answers now? (Waits while Ray restarts it.)
             try:
@@ -673,21 +732,37 @@ class Core:
             out = []
             with self._lock:
                 self._incarnation[a] = inc
+                retry = False
                 for req in reqs:
                     failure = reply.failures.get(req.shard_id)
                     if failure is None:
                         self.ledger.placed(req.shard_id, req.gen)
+                        self._host_failures.pop(req.shard_id, None)
                         continue
                     if self.ledger.books[req.shard_id].gen != req.gen:
                         continue
+                    tries = self._host_failures.get(req.shard_id, 0) + 1
+                    self._host_failures[req.shard_id] = tries
+                    if tries < HOST_ATTEMPTS:
+                        log.warning(
+                            "shardyard: setup()/restore() of shard %d failed (attempt %d of %d)",
+                            req.shard_id,
+                            tries,
+                            HOST_ATTEMPTS,
+                        )
+                        retry = True
+                        continue
                     failed = ShardFailedError(
                         req.shard_id,
-                        f"its setup() or restore() raised {failure.exception()!r}",
+                        f"its setup() or restore() raised {failure.exception()!r} "
+                        f"({HOST_ATTEMPTS} attempts)",
                         failure.traceback,
                     )
                     out += self.ledger.fail_shard(req.shard_id, failed)
                 out += self.dispatch.fail_queued(slot.shards)
             self._flush(out)
+            if retry:
+                await asyncio.sleep(0.1)
 
     def _unreachable(self, a: int) -> ActorLostError:
         need = ", ".join(f"{k}: {v:g}" for k, v in self._actor_resources.items()) or "CPU: 0"
@@ -709,8 +784,12 @@ class Core:
             checks = []
             with self._lock:
                 for a, inc in enumerate(self._incarnation):
-                    if inc is not None and not self._placing[a]:
+                    if self._placing[a]:
+                        continue
+                    if inc is not None:
                         checks.append((a, inc, self._handles[a].health.remote()))
+                    elif self._needs_placing(a):
+                        self._place_later(a)  # a safety net: nothing may stay unplaced
             for a, inc, ref in checks:
                 cause: BaseException
                 try:

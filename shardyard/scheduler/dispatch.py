@@ -96,10 +96,15 @@ class Dispatch:
         slot.ready.add(sid)
         return []
 
-    def enqueue_pull(self, seg: Segment) -> None:
-        """Queue keyless ``seg`` for whichever actor has room first."""
+    def enqueue_pull(self, seg: Segment) -> list[Delivery]:
+        """Queue keyless ``seg`` for whichever actor has room first (none left: it fails)."""
+        if all(s.failed for s in self.actors):
+            err = next((b.failed for b in self.ledger.books if b.failed is not None), None)
+            err = err or RuntimeError("no shard actor is left")
+            return [(-1, seg, [None] * len(seg), [(i, err) for i in range(len(seg))])]
         self.pull.append(seg)
         self.pull_queued += len(seg)
+        return []
 
     # --- output -----------------------------------------------------------------------------
 
@@ -114,6 +119,13 @@ class Dispatch:
         while slot.inflight < self._max_inflight and not slot.alone and not slot.failed:
             sendable = [s for s in slot.shards if ledger.sendable(s)]
             numbered = [s for s in sendable if s in ledger.outboxed]
+            solo = next((s for s in numbered if ledger.books[s].outbox[0].solo), None)
+            if solo is not None:
+                b = ledger.pop_outbox(solo)
+                ledger.sent(b)
+                slot.inflight += 1
+                calls.append([b])
+                continue
             suspect = next((s for s in numbered if ledger.books[s].outbox[0].alone), None)
             if suspect is not None:
                 if slot.inflight == 0:
@@ -220,8 +232,15 @@ class Dispatch:
     # --- failures -----------------------------------------------------------------------------
 
     def fail_queued(self, sids: list[int], exc: BaseException | None = None) -> list[Delivery]:
-        """End the queued items of ``sids`` (with ``exc``, else their shard's failure)."""
+        """End the queued items of ``sids`` (with ``exc``, else their shard's failure).
+
+        Once every actor was given up, keyless items waiting to be pulled end too (with a
+        shard's failure): no actor would ever take them.
+        """
         out: list[Delivery] = []
+        if self.pull and all(s.failed for s in self.actors):
+            err = exc if exc is not None else self.ledger.books[0].failed
+            out += self.fail_pull(err or RuntimeError("no shard actor is left"))
         for sid in sids:
             err = exc if exc is not None else self.ledger.books[sid].failed
             if err is None:

@@ -98,6 +98,7 @@ class Batch:
     deaths: int = 0  # actor deaths it was in flight for
     alone: bool = False  # a suspect: send it with nothing else in flight on its actor
     alone_deaths: int = 0  # deaths while it ran alone (as this batch, not its parent)
+    solo: bool = False  # send it in a call of its own (to find which batch a call failed on)
     pickled: bool = False  # ask for per-item pickled outputs (the driver failed to load them)
 
     @property
@@ -112,14 +113,19 @@ class Batch:
 
         The pieces keep the batch's ``gen`` and ``seq`` until they are renumbered, so a
         recovery plan sorted by ``seq`` keeps them at the batch's place in the shard's order.
+        Each piece is made of slices of the batch's segments, so items keep their type
+        (numpy stays numpy) and each segment its sink and wait epoch.
         """
-        segs: list[Segment] = []
-        for s in self.segments:
-            segs.extend(s.select(np.array([i])) for i in range(len(s)))
-        bounds = np.linspace(0, len(segs), min(pieces, len(segs)) + 1).astype(int).tolist()
+        n = self.size
+        bounds = np.linspace(0, n, min(pieces, n) + 1).astype(int).tolist()
+        starts = np.cumsum([0] + [len(s) for s in self.segments]).tolist()
         out = []
         for lo, hi in itertools.pairwise(bounds):
-            part = _merge(segs[lo:hi])
+            part: list[Segment] = []
+            for seg, s0 in zip(self.segments, starts, strict=False):
+                a, b = max(lo, s0), min(hi, s0 + len(seg))
+                if a < b:
+                    part.append(seg.select(np.arange(a - s0, b - s0)))
             out.append(
                 Batch(
                     self.shard_id,
@@ -134,29 +140,6 @@ class Batch:
                 )
             )
         return out
-
-
-def _merge(segs: list[Segment]) -> list[Segment]:
-    """Glue consecutive one-item segments of the same sink back together."""
-    out: list[Segment] = []
-    for s in segs:
-        last = out[-1] if out else None
-        if last is not None and last.sink is s.sink and isinstance(last.ref, np.ndarray):
-            keys = None if last.keys is None else [*_as_list(last.keys), *_as_list(s.keys)]
-            out[-1] = Segment(
-                last.sink,
-                np.concatenate([last.ref, s.ref]),
-                [*_as_list(last.items), *_as_list(s.items)],
-                keys,
-                last.epoch,
-            )
-        else:
-            out.append(s)
-    return out
-
-
-def _as_list(x: Any) -> list[Any]:
-    return x.tolist() if isinstance(x, np.ndarray) else list(x)
 
 
 @dataclass(slots=True)
@@ -384,6 +367,8 @@ class Ledger:
                 if b.kind != WORK:
                     chain.append(b)
                     continue
+                if not b.segments:
+                    continue  # an empty stand-in for a failed batch: a new generation needs none
                 b.deaths += 1
                 if not b.alone:
                     b.alone = True  # a suspect: next time it goes alone
@@ -424,6 +409,42 @@ class Ledger:
         book.inflight = {}
         self._new_generation(sid, chain, out)
         return out
+
+    def retry(self, b: Batch, exc: BaseException | None) -> list[Delivery]:
+        """A call carrying ``b`` failed before anything in it ran (its arguments did not
+        load in the actor): send ``b`` again under the same number, in a call of its own.
+
+        With ``exc``, ``b``'s items end with it instead, and an empty batch is sent under
+        its number (the actor waits for that number before the shard's later batches).
+        """
+        book = self.books[b.shard_id]
+        out: list[Delivery] = []
+        if book.failed is not None or b.gen != book.gen or book.inflight.get(b.seq) is not b:
+            return out
+        del book.inflight[b.seq]
+        if exc is not None:
+            self._fail_batch(b, exc, out)
+            b.segments, b.payload = [], []
+        b.solo = True
+        book.outbox.appendleft(b)  # sent in order: every batch in the outbox comes later
+        self.outboxed.add(b.shard_id)
+        return out
+
+    def outputs_lost(self, b: Batch, exc: BaseException) -> list[Delivery]:
+        """``b`` ran, but its reply could not be loaded and it cannot be run again (no
+        snapshot to rebuild its shard from): its items end with ``exc``; the shard goes on."""
+        book = self.books[b.shard_id]
+        out: list[Delivery] = []
+        if book.failed is not None or b.gen != book.gen or book.inflight.get(b.seq) is not b:
+            return out
+        del book.inflight[b.seq]
+        self._fail_batch(b, exc, out)
+        return out
+
+    @property
+    def can_rebuild(self) -> bool:
+        """Whether a shard can be placed anew without losing state (stateless, or snapshots)."""
+        return not self._stateful or self._checkpoint_every is not None
 
     def _new_generation(self, sid: int, chain: list[Batch], out: list[Delivery]) -> None:
         """Renumber what must run again in a new generation, after a restore."""
