@@ -117,38 +117,42 @@ class Dispatch:
         calls: list[list[Batch]] = []
         ledger = self.ledger
         while slot.inflight < self._max_inflight and not slot.alone and not slot.failed:
-            sendable = [s for s in slot.shards if ledger.sendable(s)]
-            numbered = [s for s in sendable if s in ledger.outboxed]
-            solo = next((s for s in numbered if ledger.books[s].outbox[0].solo), None)
-            if solo is not None:
-                b = ledger.pop_outbox(solo)
-                ledger.sent(b)
-                slot.inflight += 1
-                calls.append([b])
-                continue
-            suspect = next((s for s in numbered if ledger.books[s].outbox[0].alone), None)
-            if suspect is not None:
-                if slot.inflight == 0:
-                    b = ledger.pop_outbox(suspect)
+            numbered: list[int] = []  # sendable shards with numbered batches to send first
+            if ledger.outboxed:
+                numbered = [s for s in slot.shards if s in ledger.outboxed and ledger.sendable(s)]
+                solo = next((s for s in numbered if ledger.books[s].outbox[0].solo), None)
+                if solo is not None:
+                    b = ledger.pop_outbox(solo)
                     ledger.sent(b)
-                    slot.alone = True
                     slot.inflight += 1
                     calls.append([b])
-                break
+                    continue
+                suspect = next((s for s in numbered if ledger.books[s].outbox[0].alone), None)
+                if suspect is not None:
+                    if slot.inflight == 0:
+                        b = ledger.pop_outbox(suspect)
+                        ledger.sent(b)
+                        slot.alone = True
+                        slot.inflight += 1
+                        calls.append([b])
+                    break
             hold = self._hold_until(slot, numbered, now)
             if hold is not None:
                 return calls, hold
-            batches: list[Batch] = []
-            for sid in sendable:
-                if sid in ledger.outboxed:
-                    batches.append(ledger.pop_outbox(sid))
-                elif self.queued[sid]:
+            batches = [ledger.pop_outbox(s) for s in numbered]
+            for sid in slot.ready:
+                # A shard with numbered batches gets no new one in this call: it would
+                # overtake them (and one batch per shard per call is enough).
+                if (
+                    self.queued[sid]
+                    and sid not in ledger.outboxed
+                    and sid not in numbered
+                    and ledger.sendable(sid)
+                ):
                     batches.append(self._cut(sid))
             slot.ready = {s for s in slot.ready if self.queued[s]}
             if self.pull_queued:
-                # A shard with numbered batches still in its outbox gets no new batch: it
-                # would overtake them, and its actor would hold this call until they come.
-                free = [s for s in sendable if s not in ledger.outboxed]
+                free = [s for s in slot.shards if s not in ledger.outboxed and ledger.sendable(s)]
                 batches += self._take_pulled(slot, free)
             if not batches:
                 break

@@ -426,7 +426,12 @@ class Ledger:
             self._fail_batch(b, exc, out)
             b.segments, b.payload = [], []
         b.solo = True
-        book.outbox.appendleft(b)  # sent in order: every batch in the outbox comes later
+        # In number order (two batches of the shard may fail and come back in any order):
+        # the outbox goes out front to back, and the actor waits for each number in turn.
+        i = 0
+        while i < len(book.outbox) and book.outbox[i].seq < b.seq:
+            i += 1
+        book.outbox.insert(i, b)
         self.outboxed.add(b.shard_id)
         return out
 
