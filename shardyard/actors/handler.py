@@ -27,7 +27,7 @@ from ray import cloudpickle
 from shardyard.actors.shard import Shard
 from shardyard.protocol import ItemFailure
 
-__all__ = ["ItemFailure", "as_batch", "ensure_picklable", "run_batch"]
+__all__ = ["ItemFailure", "as_batch", "ensure_picklable", "pickle_each", "run_batch"]
 
 
 Outputs = list[Any] | np.ndarray
@@ -128,19 +128,37 @@ def ensure_picklable(outputs: Outputs, failures: list[ItemFailure]) -> BatchResu
         return outputs, failures
     except Exception:
         pass
-    fixed = list(outputs)
+    blobs, all_failures = pickle_each(outputs, failures)
+    fixed = [v if blob is not None else None for v, blob in zip(outputs, blobs, strict=True)]
+    return fixed, all_failures
+
+
+def pickle_each(
+    outputs: Outputs, failures: list[ItemFailure]
+) -> tuple[list[Any], list[ItemFailure]]:
+    """Each output pickled on its own (``None`` for failed items), so they load one by one.
+
+    An output that does not pickle becomes a failure of its item.
+
+    Example:
+        >>> blobs, failures = pickle_each([1, lambda: 0], [])
+        >>> len(blobs), failures
+        (2, [])
+    """
     failed = {f.position for f in failures}
+    out: list[Any] = []
     extra: list[ItemFailure] = []
-    for pos, value in enumerate(fixed):
+    for pos, value in enumerate(outputs.tolist() if isinstance(outputs, np.ndarray) else outputs):
         if pos in failed:
+            out.append(None)
             continue
         try:
-            cloudpickle.dumps(value)
+            out.append(cloudpickle.dumps(value))
         except Exception as exc:
-            fixed[pos] = None
+            out.append(None)
             err = TypeError(f"the handler's output cannot be pickled: {exc}")
             extra.append(ItemFailure.capture(pos, err))
-    return fixed, sorted([*failures, *extra], key=lambda f: f.position)
+    return out, sorted([*failures, *extra], key=lambda f: f.position)
 
 
 async def _per_item_async(fn: Callable[[Any], Any], batch: Any) -> BatchResult:

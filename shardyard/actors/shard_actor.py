@@ -24,11 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import ray
 from ray import cloudpickle
 
-from shardyard.actors.handler import ensure_picklable, run_batch
+from shardyard.actors.handler import ensure_picklable, pickle_each, run_batch
 from shardyard.actors.shard import Shard
 from shardyard.protocol import (
     BARRIER,
@@ -123,7 +122,7 @@ class ShardActor:
                 # Re-applied after a restore: the outputs were delivered the first time.
                 outputs, failures = [], []
             elif b.pickled:
-                outputs, failures = _pickle_each(outputs, failures)
+                outputs, failures = pickle_each(outputs, failures)
             else:
                 outputs, failures = ensure_picklable(outputs, failures)
             hosted.busy_s += time.perf_counter() - start
@@ -150,7 +149,7 @@ class ShardActor:
             hosted = self._shards.get(sid)
             reply = hosted.recent.get(seq) if hosted is not None and hosted.gen == gen else None
             if isinstance(reply, BatchReply):
-                blobs, failures = _pickle_each(reply.outputs, reply.failures)
+                blobs, failures = pickle_each(reply.outputs, reply.failures)
                 reply = BatchReply(sid, gen, seq, blobs, failures)
             out.append(reply)
         return out
@@ -270,24 +269,6 @@ def _freeze(instance: Any) -> bytes | None:
     if not isinstance(instance, Shard):
         return None
     return cloudpickle.dumps(instance.snapshot())
-
-
-def _pickle_each(outputs: Any, failures: list[ItemFailure]) -> tuple[list[Any], list[ItemFailure]]:
-    """Each output pickled on its own, so the driver can load them one by one."""
-    failed = {f.position for f in failures}
-    out: list[Any] = []
-    extra: list[ItemFailure] = []
-    for pos, value in enumerate(outputs.tolist() if isinstance(outputs, np.ndarray) else outputs):
-        if pos in failed:
-            out.append(None)
-            continue
-        try:
-            out.append(cloudpickle.dumps(value))
-        except Exception as exc:
-            out.append(None)
-            err = TypeError(f"the handler's output cannot be pickled: {exc}")
-            extra.append(ItemFailure.capture(pos, err))
-    return out, sorted([*failures, *extra], key=lambda f: f.position)
 
 
 def remote_shard_actor(**options: Any) -> Any:

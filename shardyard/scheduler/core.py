@@ -554,26 +554,8 @@ class Core:
         with contextlib.suppress(Exception):
             ref = self._handles[call.actor].replies.remote(keys)
             replies = await asyncio.wait_for(_await_ref(ref), 60)
-        out: list[Delivery] = []
-        replace = False
         with self._lock:
-            for b, r in zip(call.batches, replies, strict=True):
-                book = self.ledger.books[b.shard_id]
-                if book.gen != b.gen or book.inflight.get(b.seq) is not b:
-                    continue  # re-planned meanwhile (its actor died)
-                if r is not None:
-                    b.pickled = True
-                    out += self.ledger.answer(r)
-                elif self.ledger.can_rebuild:
-                    out += self.ledger.rehost(b.shard_id, b, None)
-                    replace = True
-                else:
-                    err = SerializationError(
-                        f"a batch of shard {b.shard_id} ran, but its outputs could not be "
-                        "loaded on the driver, and with checkpoint_every=None it cannot be "
-                        "run again to load them one by one"
-                    )
-                    out += self.ledger.outputs_lost(b, err)
+            out, replace = self.ledger.reanswer(call.batches, replies)
         self._flush(out)
         if replace:
             self._place_later(call.actor)

@@ -446,6 +446,38 @@ class Ledger:
         self._fail_batch(b, exc, out)
         return out
 
+    def reanswer(
+        self, batches: Sequence[Batch], replies: Sequence[BatchReply | BarrierReply | None]
+    ) -> tuple[list[Delivery], bool]:
+        """Take the replies of a call again, each output pickled on its own (the driver could
+        not load the call's reply); ``None`` where the actor no longer had one.
+
+        Returns:
+            The deliveries, and whether shards were re-planned (to place anew): a batch
+            whose reply is gone runs again from a rebuilt shard, or, when the shard cannot
+            be rebuilt (``checkpoint_every=None``), its items fail.
+        """
+        out: list[Delivery] = []
+        replan = False
+        for b, r in zip(batches, replies, strict=True):
+            book = self.books[b.shard_id]
+            if book.gen != b.gen or book.inflight.get(b.seq) is not b:
+                continue  # re-planned meanwhile (its actor died)
+            if r is not None:
+                b.pickled = True
+                out += self.answer(r)
+            elif self.can_rebuild:
+                out += self.rehost(b.shard_id, b, None)
+                replan = True
+            else:
+                err = SerializationError(
+                    f"a batch of shard {b.shard_id} ran, but its outputs could not be loaded "
+                    "on the driver, and with checkpoint_every=None it cannot be run again "
+                    "to load them one by one"
+                )
+                out += self.outputs_lost(b, err)
+        return out, replan
+
     @property
     def can_rebuild(self) -> bool:
         """Whether a shard can be placed anew without losing state (stateless, or snapshots)."""
