@@ -98,7 +98,7 @@ class Dispatch:
 
     def enqueue_pull(self, seg: Segment) -> list[Delivery]:
         """Queue keyless ``seg`` for whichever actor has room first (none left: it fails)."""
-        if all(s.failed for s in self.actors):
+        if self._nobody_pulls():
             err = next((b.failed for b in self.ledger.books if b.failed is not None), None)
             err = err or RuntimeError("no shard actor is left")
             return [(-1, seg, [None] * len(seg), [(i, err) for i in range(len(seg))])]
@@ -147,12 +147,20 @@ class Dispatch:
                     self.queued[sid]
                     and sid not in ledger.outboxed
                     and sid not in numbered
-                    and ledger.sendable(sid)
+                    and ledger.takes_new(sid)
                 ):
                     batches.append(self._cut(sid))
             slot.ready = {s for s in slot.ready if self.queued[s]}
             if self.pull_queued:
-                free = [s for s in slot.shards if s not in ledger.outboxed and ledger.sendable(s)]
+                # Pulled work goes to shards with nothing numbered and no batch in this call:
+                # two batches of a shard in one call come back (if the call fails) as two
+                # solo retries, and one sent before the other would hold the actor.
+                taken = {b.shard_id for b in batches}
+                free = [
+                    s
+                    for s in slot.shards
+                    if s not in ledger.outboxed and s not in taken and ledger.takes_new(s)
+                ]
                 batches += self._take_pulled(slot, free)
             if not batches:
                 break
@@ -238,11 +246,11 @@ class Dispatch:
     def fail_queued(self, sids: list[int], exc: BaseException | None = None) -> list[Delivery]:
         """End the queued items of ``sids`` (with ``exc``, else their shard's failure).
 
-        Once every actor was given up, keyless items waiting to be pulled end too (with a
-        shard's failure): no actor would ever take them.
+        Once every actor was given up or every shard failed, keyless items waiting to be
+        pulled end too (with a shard's failure): no actor would ever take them.
         """
         out: list[Delivery] = []
-        if self.pull and all(s.failed for s in self.actors):
+        if self.pull and self._nobody_pulls():
             err = exc if exc is not None else self.ledger.books[0].failed
             out += self.fail_pull(err or RuntimeError("no shard actor is left"))
         for sid in sids:
@@ -255,6 +263,12 @@ class Dispatch:
             self.queued[sid] = 0
             self.actors[self.ledger.books[sid].actor].ready.discard(sid)
         return out
+
+    def _nobody_pulls(self) -> bool:
+        """No shard will ever take keyless work again (every actor or every shard failed)."""
+        return all(s.failed for s in self.actors) or all(
+            b.failed is not None for b in self.ledger.books
+        )
 
     def fail_pull(self, exc: BaseException) -> list[Delivery]:
         """End every keyless item still waiting to be pulled."""

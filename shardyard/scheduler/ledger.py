@@ -220,6 +220,22 @@ class Ledger:
         book = self.books[sid]
         return book.placed and book.failed is None
 
+    def takes_new(self, sid: int) -> bool:
+        """Whether a new batch of ``sid`` may be cut now: it is sendable, and its log is not
+        full while its snapshot barrier is out.
+
+        A slow batch of another shard can hold the barrier's call, and so its reply, while
+        this shard's later batches keep coming back: the log would grow with them, without
+        bound. From ``2 * checkpoint_every`` answered batches on, new work waits for the
+        barrier (the batches it waits for were all sent before it).
+        """
+        book = self.books[sid]
+        if not book.placed or book.failed is not None:
+            return False
+        ce = self._checkpoint_every
+        waiting = book.barrier_out or book.pending is not None
+        return ce is None or not waiting or len(book.log) < 2 * ce
+
     # --- answers -------------------------------------------------------------------------
 
     def answer(self, r: BatchReply | BarrierReply | Stale) -> list[Delivery]:
@@ -492,14 +508,15 @@ class Ledger:
                 "so there is no snapshot to restore it from; its unfinished and later items "
                 "fail (set checkpoint_every to recover such crashes)"
             )
-            for b in chain:
-                book.inflight[b.seq] = b  # failed below, with the rest
+            for b in chain:  # (not through inflight: the pieces of a split share a seq)
+                self._fail_batch(b, err, out)
             out.extend(self.fail_shard(sid, err))
             return
-        # What the actor had applied since the snapshot (log) and what it had in flight run
-        # again in their old order; then the batches never sent. Barriers are dropped.
-        redo = sorted([*book.log.values(), *chain], key=_seq)
-        redo.extend(book.outbox)
+        # What the actor had applied since the snapshot (log), what it had in flight and
+        # what was never sent run again in their old order (a batch retried after a failed
+        # call waits in the outbox with a lower number than later ones in flight; the
+        # pieces of a split keep their batch's number). Barriers are dropped.
+        redo = sorted([*book.log.values(), *chain, *book.outbox], key=_seq)
         book.gen += 1
         book.next_seq = 0
         book.placed = False
