@@ -520,8 +520,17 @@ class Core:
             else:
                 self._call_failed(call, exc, out)
             out += self._fail_queued_of_failed(a)
+            slot = self.dispatch.actors[a]
+            outboxed = self.ledger.outboxed
+            more = bool(
+                slot.ready
+                or self.dispatch.pull_queued
+                or (outboxed and any(s in outboxed for s in slot.shards))
+            )
         self._flush(out)
-        if not self._closing:
+        if more and not self._closing:
+            # Only when there is something to send: waking the loop after every reply
+            # costs the single-item round trip a thread hand-off.
             self._loop.call_soon_threadsafe(self._kick_locked, a)
 
     def _call_failed(self, call: _Call, exc: BaseException, out: list[Delivery]) -> None:
