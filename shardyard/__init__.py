@@ -11,7 +11,7 @@ Example:
 
 from shardyard.actors import Shard
 from shardyard.cluster import ClusterInfo, connect, disconnect
-from shardyard.config import ClusterConfig, PoolConfig
+from shardyard.config import AutoscaleConfig, ClusterConfig, PoolConfig
 from shardyard.errors import (
     ActorLostError,
     ConfigError,
@@ -26,7 +26,15 @@ from shardyard.errors import (
     UnknownStrategyError,
     UnsupportedKeyError,
 )
-from shardyard.scheduler import ActorStats, PoolStats, ShardFuture, ShardPool, ShardStats
+from shardyard.scheduler import (
+    ActorStats,
+    PlacementChange,
+    PoolStats,
+    ScaleReport,
+    ShardFuture,
+    ShardPool,
+    ShardStats,
+)
 from shardyard.sharding import place, rebalance, stable_hash, strategy
 
 __version__ = "0.1.0"
@@ -34,14 +42,17 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorLostError",
     "ActorStats",
+    "AutoscaleConfig",
     "ClusterConfig",
     "ClusterInfo",
     "ConfigError",
     "InputError",
+    "PlacementChange",
     "PoisonItemError",
     "PoolClosedError",
     "PoolConfig",
     "PoolStats",
+    "ScaleReport",
     "SerializationError",
     "Shard",
     "ShardFailedError",

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import Self
 
 __all__ = [
+    "AutoscaleConfig",
     "BoundedOptions",
     "ClusterConfig",
     "HashOptions",
@@ -127,12 +128,55 @@ class BoundedOptions(_ConfigBase):
 # --- the pool and the cluster ---------------------------------------------------------------
 
 
+class AutoscaleConfig(_ConfigBase):
+    """When a pool grows and shrinks by itself (in the manner of Ray Serve's autoscaling).
+
+    Every ``interval_s`` the pool computes the actors its backlog asks for,
+    ``ceil(backlog / target_backlog_per_actor)`` bounded by ``min_actors`` and
+    ``max_actors`` (and by ``num_shards``), where the backlog is the items handed to the
+    pool and not finished. When that has stayed above the current size for
+    ``upscale_delay_s`` the pool scales out to it; below, for ``downscale_delay_s``, it
+    scales in. On a cluster it asks Ray's autoscaler for the CPUs of the actors it wants
+    (``ray.autoscaler.sdk.request_resources``), so nodes are added where one runs.
+
+    Attributes:
+        min_actors: the fewest actors (and the size it starts at, unless ``num_actors`` is
+            given).
+        max_actors: the most actors.
+        target_backlog_per_actor: unfinished items per actor the pool aims for.
+        upscale_delay_s: how long the backlog must ask for more actors before it grows.
+        downscale_delay_s: how long it must ask for fewer before it shrinks.
+        interval_s: how often the backlog is read.
+
+    Example:
+        >>> AutoscaleConfig(min_actors=1, max_actors=4).target_backlog_per_actor
+        2048
+    """
+
+    min_actors: int = Field(default=1, ge=1, le=4096)
+    max_actors: int = Field(default=4, ge=1, le=4096)
+    target_backlog_per_actor: int = Field(default=2048, ge=1)
+    upscale_delay_s: float = Field(default=1.0, ge=0.0, le=3600.0)
+    downscale_delay_s: float = Field(default=10.0, ge=0.0, le=86400.0)
+    interval_s: float = Field(default=0.1, gt=0.0, le=60.0)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Self:
+        if self.min_actors > self.max_actors:
+            raise ValueError(
+                f"min_actors ({self.min_actors}) must be <= max_actors ({self.max_actors})"
+            )
+        return self
+
+
 class PoolConfig(_ConfigBase):
     """Configuration of a :class:`shardyard.ShardPool`.
 
     Attributes:
         num_actors: shard actor processes; ``None`` means one per CPU of the cluster.
-        num_shards: logical shards; ``None`` means 8 per actor.
+        num_shards: logical shards, fixed for the pool's life: the most actors it can be
+            scaled out to (as Flink's max parallelism). ``None`` means 8 per actor (per
+            ``autoscale.max_actors`` when that is larger), which leaves room to scale out 8x.
         strategy: key -> shard strategy name (see :func:`shardyard.sharding.strategy`).
         strategy_options: options of that strategy, validated by its options model.
         keyless: how keyless items reach actors: ``"pull"`` (a shared queue that each actor
@@ -165,6 +209,8 @@ class PoolConfig(_ConfigBase):
         num_cpus_per_actor: Ray CPU reservation per actor (``None``: Ray's default for
             actors, which reserves no CPU while running).
         spread: place actors with Ray's ``SPREAD`` strategy across nodes.
+        autoscale: grow and shrink the pool with its backlog (``None``: a fixed size,
+            changed only by ``ShardPool.scale``).
     """
 
     num_actors: int | None = Field(default=None, ge=1, le=4096)
@@ -185,9 +231,25 @@ class PoolConfig(_ConfigBase):
     start_timeout_s: float = Field(default=120.0, gt=0.0)
     num_cpus_per_actor: float | None = Field(default=None, ge=0.0)
     spread: bool = False
+    autoscale: AutoscaleConfig | None = None
 
     @model_validator(mode="after")
     def _shards_cover_actors(self) -> Self:
+        auto = self.autoscale
+        if auto is not None and self.num_shards is not None and self.num_shards < auto.max_actors:
+            raise ValueError(
+                f"num_shards ({self.num_shards}) must be >= autoscale.max_actors "
+                f"({auto.max_actors}): an actor without a shard would sit idle"
+            )
+        if (
+            auto is not None
+            and self.num_actors is not None
+            and not (auto.min_actors <= self.num_actors <= auto.max_actors)
+        ):
+            raise ValueError(
+                f"num_actors ({self.num_actors}) must be within autoscale's min_actors "
+                f"({auto.min_actors}) and max_actors ({auto.max_actors})"
+            )
         if (
             self.num_actors is not None
             and self.num_shards is not None

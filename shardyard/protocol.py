@@ -36,6 +36,7 @@ __all__ = [
     "BarrierReply",
     "BatchReply",
     "CallReply",
+    "HandoffReply",
     "HostReply",
     "HostRequest",
     "ItemFailure",
@@ -140,11 +141,30 @@ class CallReply(NamedTuple):
 
 
 class HostRequest(NamedTuple):
-    """Place generation ``gen`` of a shard on the actor, from ``state`` (``None``: fresh)."""
+    """Place generation ``gen`` of a shard on the actor, from ``state`` (``None``: fresh).
+
+    With ``state_arg >= 0`` the state is not in the request: it is the ``host`` call's
+    extra argument of that number, an ``ObjectRef`` that Ray resolves in the actor (a
+    migrated shard's state goes from actor to actor through the object store, never
+    through the driver).
+    """
 
     shard_id: int
     gen: int
     state: bytes | None
+    state_arg: int = -1
+
+
+class HandoffReply(NamedTuple):
+    """The answer to a ``handoff`` call (the state itself is the call's second return).
+
+    ``failure`` is set when ``snapshot()`` raised or the generation was not hosted (the
+    shard then stays where it was); ``state_bytes`` is the size of the state handed over.
+    """
+
+    incarnation: str
+    failure: ItemFailure | None
+    state_bytes: int = 0
 
 
 class HostReply(NamedTuple):

@@ -35,6 +35,7 @@ from shardyard.protocol import (
     BarrierReply,
     BatchReply,
     CallReply,
+    HandoffReply,
     HostReply,
     HostRequest,
     ItemFailure,
@@ -156,8 +157,12 @@ class ShardActor:
 
     # --- placement ----------------------------------------------------------------------------
 
-    def host(self, requests: list[HostRequest]) -> HostReply:
+    def host(self, requests: list[HostRequest], *states: bytes | None) -> HostReply:
         """Place shard generations here: fresh (``setup``), or ``restore``d from a state.
+
+        A request's state is in the request, or (``state_arg >= 0``) one of ``states``:
+        the driver passes a migrated shard's state as an ``ObjectRef``, which Ray fetches
+        into this process from the object store before the call runs.
 
         A plain (not ``async``) method, so it runs without yielding on the work loop: no
         batch interleaves with a placement. Batches still waiting on a replaced generation
@@ -175,12 +180,41 @@ class ShardActor:
                     if not waiter.done():
                         waiter.set_result(True)
             try:
-                instance = self._new_instance(req.shard_id, req.state)
+                state = states[req.state_arg] if req.state_arg >= 0 else req.state
+                instance = self._new_instance(req.shard_id, state)
             except Exception as exc:
                 failures[req.shard_id] = ItemFailure.capture(0, exc)
                 continue
             self._shards[req.shard_id] = _HostedShard(instance, req.gen)
         return HostReply(self._incarnation, failures)
+
+    @ray.method(num_returns=2)
+    async def handoff(self, shard_id: int, gen: int) -> tuple[HandoffReply, bytes | None]:
+        """Give up generation ``gen`` of ``shard_id`` for a migration: snapshot it, stop
+        hosting it, and return the state as this call's second return value.
+
+        The driver keeps that return as an ``ObjectRef`` and passes it to the receiving
+        actor's ``host`` without fetching it: the state goes from here to there through
+        Ray's object store. Runs on the work loop, between batches; the driver calls it only
+        once every batch of the generation was answered. Should ``snapshot()`` raise, the
+        shard stays hosted here and the reply carries the failure.
+        """
+        hosted = self._shards.get(shard_id)
+        if hosted is None or hosted.gen != gen or hosted.waiters:
+            why = RuntimeError(f"generation {gen} of shard {shard_id} is not hosted here (idle)")
+            return HandoffReply(self._incarnation, ItemFailure.capture(0, why)), None
+        try:
+            # In a thread: the actor's other shards keep running while this one is frozen
+            # (no batch of this one is sent until the move is over).
+            state = await asyncio.to_thread(_freeze, hosted.instance)
+        except Exception as exc:
+            return HandoffReply(self._incarnation, ItemFailure.capture(0, exc)), None
+        if self._shards.get(shard_id) is not hosted:  # placed anew meanwhile
+            why = RuntimeError(f"shard {shard_id} was placed anew during its handoff")
+            return HandoffReply(self._incarnation, ItemFailure.capture(0, why)), None
+        del self._shards[shard_id]
+        size = 0 if state is None else len(state)
+        return HandoffReply(self._incarnation, None, size), state
 
     def _new_instance(self, sid: int, state: bytes | None) -> Any:
         if not (isinstance(self._handler, type) and issubclass(self._handler, Shard)):

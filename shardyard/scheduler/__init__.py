@@ -8,6 +8,20 @@ Example:
 
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.pool import ShardPool
-from shardyard.scheduler.stats import ActorStats, PoolStats, ShardStats
+from shardyard.scheduler.stats import (
+    ActorStats,
+    PlacementChange,
+    PoolStats,
+    ScaleReport,
+    ShardStats,
+)
 
-__all__ = ["ActorStats", "PoolStats", "ShardFuture", "ShardPool", "ShardStats"]
+__all__ = [
+    "ActorStats",
+    "PlacementChange",
+    "PoolStats",
+    "ScaleReport",
+    "ShardFuture",
+    "ShardPool",
+    "ShardStats",
+]

@@ -47,6 +47,7 @@ from ray import cloudpickle
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
+    ObjectLostError,
     RayActorError,
     RaySystemError,
     RayTaskError,
@@ -156,6 +157,7 @@ class Core:
         self._calls: list[set[_Call]] = [set() for _ in range(n)]  # calls in flight
         self._timers = [False] * n  # a held-batch timer is set for the actor
         self._host_failures: dict[int, int] = {}  # shard -> failed setup/restore attempts
+        self.history: list[dict[str, Any]] = []  # shard moves: when, which, from, to, pause
         # Work handed over by user threads, in order: a list of (shard id, segment) per map
         # chunk, or an (item, key, future) tuple per submit.
         self._inbox: deque[list[tuple[int, Segment]] | tuple[Any, Any, Any]] = deque()
@@ -704,20 +706,19 @@ class Core:
                     # The process we were restoring died (a death during recovery).
                     self._note_death(a, RuntimeError("died while its shards were restored"), out)
                 talked_to = inc
-                reqs = [
-                    HostRequest(sid, book.gen, book.snapshot)
-                    for sid in slot.shards
-                    if not (book := self.ledger.books[sid]).placed and book.failed is None
-                ]
+                reqs, states = self._host_requests(slot.shards)
             self._flush(out)
             if slot.failed:
                 return
             try:
                 reply = await asyncio.wait_for(
-                    _await_ref(handle.host.remote(reqs)), self._restart_timeout
+                    _await_ref(handle.host.remote(reqs, *states)), self._restart_timeout
                 )
             except (asyncio.TimeoutError, *_ACTOR_GONE):
                 continue  # the health check above tells whether it died
+            except ObjectLostError as exc:
+                self._states_lost(reqs, exc)
+                continue
             if reply.incarnation != inc:
                 continue  # hosted by a process that came up meanwhile: look again
             out = []
@@ -754,6 +755,40 @@ class Core:
             self._flush(out)
             if retry:
                 await asyncio.sleep(0.1)
+
+    def _host_requests(self, shards: list[int]) -> tuple[list[HostRequest], list[Any]]:
+        """Host requests for the unplaced generations of ``shards``, and the states to pass
+        as the call's own arguments (``ObjectRef`` s of migrated states: Ray fetches those
+        into the actor, so they never pass through the driver)."""
+        reqs: list[HostRequest] = []
+        states: list[Any] = []
+        for sid in shards:
+            book = self.ledger.books[sid]
+            if book.placed or book.failed is not None:
+                continue
+            if isinstance(book.snapshot, ray.ObjectRef):
+                reqs.append(HostRequest(sid, book.gen, None, len(states)))
+                states.append(book.snapshot)
+            else:
+                reqs.append(HostRequest(sid, book.gen, book.snapshot))
+        return reqs, states
+
+    def _states_lost(self, reqs: list[HostRequest], exc: BaseException) -> None:
+        """A migrated state could not be fetched (its node was lost): fail those shards."""
+        out: list[Delivery] = []
+        with self._lock:
+            for req in reqs:
+                book = self.ledger.books[req.shard_id]
+                if req.state_arg < 0 or book.gen != req.gen or book.failed is not None:
+                    continue
+                err = ShardFailedError(
+                    req.shard_id,
+                    f"the state it was migrated with was lost before the receiving actor "
+                    f"could load it ({type(exc).__name__}: {exc})",
+                )
+                out += self.ledger.fail_shard(req.shard_id, err)
+                out += self.dispatch.fail_queued([req.shard_id])
+        self._flush(out)
 
     def _unreachable(self, a: int) -> ActorLostError:
         need = ", ".join(f"{k}: {v:g}" for k, v in self._actor_resources.items()) or "CPU: 0"
@@ -803,6 +838,179 @@ class Core:
         return self.dispatch.fail_queued(
             [s for s in slot.ready if self.ledger.books[s].failed is not None]
         )
+
+    # --- scaling ----------------------------------------------------------------------------
+
+    def placement(self) -> dict[int, int]:
+        """``{shard_id: actor index}`` as it stands."""
+        with self._lock:
+            return {sid: b.actor for sid, b in enumerate(self.ledger.books)}
+
+    def active(self) -> list[int]:
+        """The indices of the actors in the pool (retired ones left out)."""
+        with self._lock:
+            return self.dispatch.active()
+
+    def handle(self, a: int) -> Any:
+        """The Ray handle of actor ``a``."""
+        return self._handles[a]
+
+    def all_handles(self) -> list[Any]:
+        """Every actor this core ever had (retired ones too): to stop them all at close."""
+        return list(self._handles)
+
+    def backlog(self) -> int:
+        """Items handed over and not finished (queued, pulled or in flight)."""
+        return self.completion.outstanding
+
+    async def add_actors(self, handles: list[Any]) -> list[int]:
+        """Take started actors into the pool (hosting nothing yet); returns their indices.
+
+        Waits until each has answered with its incarnation, so a shard moved to it is
+        placed without waiting for a process to start.
+        """
+        with self._lock:
+            new = []
+            for h in handles:
+                a = self.dispatch.add_actor()
+                assert a == len(self._handles)
+                self._handles.append(h)
+                self._incarnation.append(None)
+                self._placing.append(True)
+                self._deaths.append(0)
+                self._restarts.append(0)
+                self._calls.append(set())
+                self._timers.append(False)
+                new.append(a)
+        await asyncio.gather(*(self._place(a) for a in new))
+        return new
+
+    async def migrate(self, moves: dict[int, int]) -> list[dict[str, Any]]:
+        """Move each shard ``sid`` of ``moves`` to actor ``moves[sid]``, all at once.
+
+        Per shard: hold its new batches (they stay queued), let its numbered ones be
+        answered, have the old actor hand its state off (``handoff``: a snapshot at that
+        point, as an ``ObjectRef`` the driver never fetches), start the next generation on
+        the new actor from it, and let the held batches go there in order. Shards that do
+        not move are never held. Deaths on either side go through the usual recovery: a
+        death before the handoff re-places the shard where it was and the move tries
+        again; a death after it restores on the new actor from the handed-off state.
+
+        Returns:
+            One record per shard: ``shard_id``, ``from_actor``, ``to_actor``, ``pause_s``
+            (from holding it until the new actor hosts it), ``state_bytes``, ``moved``.
+        """
+        with self._lock:
+            for sid in moves:
+                self.ledger.start_move(sid)
+        return list(await asyncio.gather(*(self._move(sid, dst) for sid, dst in moves.items())))
+
+    async def _move(self, sid: int, dst: int) -> dict[str, Any]:
+        t0 = time.monotonic()
+        book = self.ledger.books[sid]
+        record: dict[str, Any] = {"shard_id": sid, "from_actor": book.actor, "to_actor": dst}
+        failures = 0
+        while True:
+            with self._lock:
+                src = book.actor
+                record["from_actor"] = src
+                if self._closing:
+                    self.ledger.cancel_move(sid)
+                    return {**record, "moved": False, "pause_s": time.monotonic() - t0}
+                if book.failed is not None:
+                    # Nothing to hand over: the failed shard follows the placement (its
+                    # items keep failing at once with its error).
+                    self._switch(sid, src, dst)
+                    return {**record, "moved": True, "pause_s": 0.0, "state_bytes": 0}
+                inc = self._incarnation[src]
+                ready = self.ledger.quiet(sid) and inc is not None
+                gen = book.gen
+            if not ready:
+                await asyncio.sleep(0.002)
+                continue
+            try:
+                status_ref, state_ref = self._handles[src].handoff.remote(sid, gen)
+                status = await asyncio.wait_for(_await_ref(status_ref), self._restart_timeout)
+            except (asyncio.TimeoutError, *_ACTOR_GONE):
+                await asyncio.sleep(0.05)  # the watchdog finds the death; then try again
+                continue
+            if status.incarnation != inc:
+                self.confirm(src, status.incarnation)  # a restarted process: recover, retry
+                continue
+            if status.failure is not None:
+                with self._lock:
+                    if book.gen != gen or book.failed is not None:
+                        continue  # re-planned meanwhile: look again
+                failures += 1
+                if failures < HOST_ATTEMPTS:
+                    await asyncio.sleep(0.1)
+                    continue
+                err = ShardFailedError(
+                    sid,
+                    f"it could not migrate from actor {src} to actor {dst}: its snapshot() "
+                    f"raised {status.failure.exception()!r} ({HOST_ATTEMPTS} attempts)",
+                    status.failure.traceback,
+                )
+                with self._lock:
+                    out = self.ledger.fail_shard(sid, err)
+                    out += self.dispatch.fail_queued([sid])
+                self._flush(out)
+                continue  # the failed shard follows the placement (above)
+            with self._lock:
+                switched = self.ledger.handed_off(sid, gen, dst, state_ref)
+                if switched:
+                    self._switch(sid, src, dst)
+            if not switched:
+                continue  # the old actor died after the handoff: it is re-placed there
+            record["state_bytes"] = status.state_bytes
+            self._place_later(dst)
+            while True:
+                with self._lock:
+                    if book.placed or book.failed is not None or self._closing:
+                        break
+                await asyncio.sleep(0.002)
+            pause = time.monotonic() - t0
+            with self._lock:
+                self.history.append(
+                    {
+                        "time": time.time(),
+                        "shard_id": sid,
+                        "from_actor": src,
+                        "to_actor": dst,
+                        "pause_s": pause,
+                        "state_bytes": status.state_bytes,
+                    }
+                )
+            return {**record, "moved": True, "pause_s": pause}
+
+    def _switch(self, sid: int, src: int, dst: int) -> None:
+        """Route ``sid`` to ``dst`` in the dispatcher (under the lock)."""
+        book = self.ledger.books[sid]
+        book.actor = dst
+        book.moving = False
+        self.dispatch.move_shard(sid, src, dst)
+        self.partitioner.set_placement(self.placement_array(), self.dispatch.active())
+
+    def placement_array(self) -> np.ndarray:
+        return np.array([b.actor for b in self.ledger.books], dtype=np.int64)
+
+    def retire(self, actors: list[int]) -> None:
+        """Stop actors whose shards all moved away; their processes end."""
+        handles = []
+        with self._lock:
+            for a in actors:
+                slot = self.dispatch.actors[a]
+                if slot.retired:
+                    continue
+                self.dispatch.retire(a)
+                self._incarnation[a] = None
+                for call in self._calls[a]:
+                    call.done = True
+                self._calls[a].clear()
+                handles.append(self._handles[a])
+            self.partitioner.set_placement(self.placement_array(), self.dispatch.active())
+        for h in handles:
+            kill_quietly(h)
 
     # --- delivery ---------------------------------------------------------------------------
 
@@ -925,7 +1133,9 @@ class Core:
                         else ("placing" if self._incarnation[s.index] is None else "running"),
                     }
                     for s in self.dispatch.actors
+                    if not s.retired
                 ],
+                "history": [dict(h) for h in self.history],
             }
 
 

@@ -48,7 +48,8 @@ class ActorSlot:
     outstanding: int = 0  # items queued for it or in flight (its load)
     pull_cursor: int = 0  # rotates keyless batches over its shards
     first_wait: float | None = None  # when its oldest held partial batch started waiting
-    failed: bool = False  # gave up on it (restart budget spent): nothing is sent
+    failed: bool = False  # gave up on it (restart budget spent) or retired: nothing is sent
+    retired: bool = False  # scaled in: its shards moved away and its process was stopped
 
 
 class Dispatch:
@@ -76,6 +77,7 @@ class Dispatch:
         num_shards = len(ledger.books)
         self.queues: list[deque[Segment]] = [deque() for _ in range(num_shards)]
         self.queued = [0] * num_shards  # items in each shard's queue
+        self.unfinished = [0] * num_shards  # items of each shard queued, in flight or undelivered
         self.pull: deque[Segment] = deque()  # keyless segments, taken by actors with room
         self.pull_queued = 0
         self._max_batch = max_batch
@@ -88,6 +90,7 @@ class Dispatch:
         """Queue ``seg`` for shard ``sid``; a failed shard ends its items at once."""
         slot = self.actors[self.ledger.books[sid].actor]
         slot.outstanding += len(seg)  # also when they end at once: finished() counts them off
+        self.unfinished[sid] += len(seg)
         failed = self.ledger.books[sid].failed
         if failed is not None:
             return [(sid, seg, [None] * len(seg), [(i, failed) for i in range(len(seg))])]
@@ -219,6 +222,7 @@ class Dispatch:
             n = sum(len(s) for s in segments)
             self.pull_queued -= n
             slot.outstanding += n
+            self.unfinished[sid] += n
             take -= n
             batches.append(self.ledger.new_batch(sid, segments))
         return batches
@@ -240,6 +244,44 @@ class Dispatch:
         """``n`` items of shard ``sid`` ended (their actor's load drops)."""
         if sid >= 0:
             self.actors[self.ledger.books[sid].actor].outstanding -= n
+            self.unfinished[sid] -= n
+
+    # --- scaling ------------------------------------------------------------------------------
+
+    def add_actor(self) -> int:
+        """A new actor slot, hosting nothing yet; returns its index."""
+        self.actors.append(ActorSlot(len(self.actors), []))
+        return len(self.actors) - 1
+
+    def move_shard(self, sid: int, src: int, dst: int) -> None:
+        """Shard ``sid`` now lives on ``dst``: its queue and its load go with it.
+
+        Call it when the ledger switched the shard's actor (``Ledger.handed_off``).
+        """
+        old, new = self.actors[src], self.actors[dst]
+        if sid in old.shards:
+            old.shards.remove(sid)
+        if sid not in new.shards:
+            new.shards.append(sid)
+            new.shards.sort()
+        n = self.unfinished[sid]
+        old.outstanding -= n
+        new.outstanding += n
+        if sid in old.ready:
+            old.ready.discard(sid)
+            new.ready.add(sid)
+
+    def retire(self, a: int) -> None:
+        """Actor ``a`` was scaled in (it hosts no shard any more): never send to it again."""
+        slot = self.actors[a]
+        assert not slot.shards, f"actor {a} still hosts shards {slot.shards}"
+        slot.retired = True
+        slot.failed = True
+        slot.ready.clear()
+
+    def active(self) -> list[int]:
+        """The actors that are part of the pool (not retired), failed ones included."""
+        return [s.index for s in self.actors if not s.retired]
 
     # --- failures -----------------------------------------------------------------------------
 

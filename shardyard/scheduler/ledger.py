@@ -153,12 +153,16 @@ class ShardBook:
     outbox: deque[Batch] = field(default_factory=deque)  # numbered, to send in order
     inflight: dict[int, Batch] = field(default_factory=dict)  # seq -> sent, unanswered
     log: dict[int, Batch] = field(default_factory=dict)  # seq -> answered since snapshot
-    snapshot: bytes | None = None  # committed: the state before the log's first batch
+    # Committed: the state before the log's first batch. Bytes from a snapshot barrier, or,
+    # after a migration, the ObjectRef of the state the old actor handed over (never
+    # fetched by the driver).
+    snapshot: Any = None
     pending: tuple[int, bytes] | None = None  # (barrier seq, state) awaiting earlier answers
     barrier_out: bool = False  # a barrier is in the outbox or in flight
     snapshot_failures: int = 0  # consecutive failed barriers
     failed: BaseException | None = None  # the shard cannot go on: every item fails with it
-    dirty: bool = False  # items were applied to it in some generation
+    dirty: bool = False  # items were applied to it since its snapshot was taken
+    moving: bool = False  # a migration holds its new batches until it is handed off
     items: int = 0  # items ended (driver view)
     batches: int = 0
     errors: int = 0
@@ -213,8 +217,10 @@ class Ledger:
         """``b`` left for its actor: it is in flight until answered or its actor is lost."""
         book = self.books[b.shard_id]
         book.inflight[b.seq] = b
-        if b.kind == WORK:
+        if b.kind == WORK and not book.dirty:
             book.dirty = True
+            if self._checkpoint_every is None:
+                book.snapshot = None  # a handed-over state is outdated from here on
 
     def sendable(self, sid: int) -> bool:
         book = self.books[sid]
@@ -230,7 +236,7 @@ class Ledger:
         barrier (the batches it waits for were all sent before it).
         """
         book = self.books[sid]
-        if not book.placed or book.failed is not None:
+        if not book.placed or book.failed is not None or book.moving:
             return False
         ce = self._checkpoint_every
         waiting = book.barrier_out or book.pending is not None
@@ -535,6 +541,49 @@ class Ledger:
             self.outboxed.add(sid)
         else:
             self.outboxed.discard(sid)
+
+    # --- migration ----------------------------------------------------------------------------
+
+    def start_move(self, sid: int) -> None:
+        """Hold ``sid``'s new batches (they stay queued) so its in-flight ones can drain."""
+        self.books[sid].moving = True
+
+    def cancel_move(self, sid: int) -> None:
+        """The migration of ``sid`` was called off: its new batches flow again."""
+        self.books[sid].moving = False
+
+    def quiet(self, sid: int) -> bool:
+        """Whether ``sid`` may be handed off now: placed, healthy, and every numbered batch
+        answered (nothing in flight, nothing in its outbox), so the hosting actor's state of
+        the shard holds every answered batch and no other."""
+        book = self.books[sid]
+        return book.placed and book.failed is None and not book.inflight and not book.outbox
+
+    def handed_off(self, sid: int, gen: int, actor: int, state: Any) -> bool:
+        """The actor hosting generation ``gen`` of ``sid`` gave it up with ``state``: the
+        next generation starts from ``state`` on ``actor``.
+
+        ``state`` (an ``ObjectRef``, or ``None`` for a stateless shard) becomes the
+        committed snapshot, so a death of the receiving actor, also before it confirmed the
+        placement, restores from it; the replay log before it is dropped.
+
+        Returns:
+            False if the shard was re-planned or failed meanwhile (nothing changes).
+        """
+        book = self.books[sid]
+        if book.gen != gen or book.failed is not None or not self.quiet(sid):
+            return False
+        book.actor = actor
+        book.gen += 1
+        book.next_seq = 0
+        book.placed = False
+        book.moving = False
+        book.snapshot = state if self._stateful else None
+        book.log = {}
+        book.pending = None
+        book.barrier_out = False
+        book.dirty = False
+        return True
 
     def placed(self, sid: int, gen: int) -> None:
         """The actor confirmed it hosts generation ``gen`` of ``sid``."""

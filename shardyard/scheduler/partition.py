@@ -55,13 +55,23 @@ class Partitioner:
         self._assign_one = getattr(strategy, "assign_one", None)  # optional scalar fast path
         self._max_block = max_block
         num_actors = int(placement.max()) + 1
-        # actor index -> its shard ids, and a rotating cursor over them
-        self._actor_shards = [np.flatnonzero(placement == a) for a in range(num_actors)]
-        self._cursor = [0] * num_actors
+        self._actor_shards: list[np.ndarray] = []  # actor index -> its shard ids
+        self._cursor: list[int] = []  # a rotating cursor over each actor's shards
+        self._active: list[int] = []  # the actors that host shards
+        self.set_placement(placement, list(range(num_actors)))
         # "pull": no push decision here; the dispatcher hands keyless work to whichever
         # actor has room (a balancer cannot foresee which actor frees up first).
         self._balancer = None if keyless == "pull" else balancer(keyless)
-        self._loads = actor_loads or (lambda: [0] * num_actors)
+        self._loads = actor_loads or (lambda: [0] * len(self._actor_shards))
+
+    def set_placement(self, placement: np.ndarray, actors: list[int]) -> None:
+        """The shards moved (the pool was scaled): ``placement[shard_id]`` = actor index;
+        ``actors`` are the pool's actors (keyless work is balanced over those hosting shards).
+        """
+        size = max(int(placement.max()) + 1, max(actors, default=-1) + 1)
+        self._actor_shards = [np.flatnonzero(placement == a) for a in range(size)]
+        self._cursor = self._cursor + [0] * (size - len(self._cursor))
+        self._active = [a for a in actors if len(self._actor_shards[a])]
 
     def split(self, n: int, keys: Any) -> Groups:
         """Groups of item indices per shard for a chunk of ``n`` items with ``keys``."""
@@ -88,24 +98,28 @@ class Partitioner:
         return [(sid, order[a:b]) for sid, a, b in zip(heads, starts, ends, strict=True)]
 
     def _keyless(self, n: int) -> Groups:
-        num_actors = len(self._actor_shards)
         if self._balancer is None:
             return [(PULL, slice(0, n))]  # actors pull keyless work as they have room
+        active = self._active
+        all_loads = self._loads()
+        loads = [all_loads[a] if a < len(all_loads) else 0 for a in active]
         if n == 1:
-            return [(self._next_shard(self._balancer.choose_one(self._loads())), slice(0, 1))]
+            return [(self._next_shard(active[self._balancer.choose_one(loads)]), slice(0, 1))]
         blocks = max(1, -(-n // self._max_block))
         # Enough blocks that every actor gets a share of a big chunk.
-        blocks = max(blocks, min(num_actors, n))
+        blocks = max(blocks, min(len(active), n))
         bounds = np.linspace(0, n, blocks + 1).astype(np.int64).tolist()
-        actors = self._balancer.choose(np.asarray(self._loads(), np.float64), blocks).tolist()
+        chosen = self._balancer.choose(np.asarray(loads, np.float64), blocks).tolist()
         out: Groups = []
-        for a, lo, hi in zip(actors, bounds[:-1], bounds[1:], strict=True):
-            out.append((self._next_shard(a), slice(lo, hi)))
+        for i, lo, hi in zip(chosen, bounds[:-1], bounds[1:], strict=True):
+            out.append((self._next_shard(active[i]), slice(lo, hi)))
         return out
 
     def _next_shard(self, actor: int) -> int:
         """The next of ``actor``'s shards, rotating."""
         shards = self._actor_shards[actor]
+        if not len(shards):  # it lost its shards to a scale-in meanwhile (another thread)
+            shards = self._actor_shards[self._active[0]]
         sid = int(shards[self._cursor[actor] % len(shards)])
         self._cursor[actor] += 1
         return sid

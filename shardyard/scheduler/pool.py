@@ -42,12 +42,20 @@ from shardyard.errors import (
     UnknownStrategyError,
     UnsupportedKeyError,
 )
+from shardyard.scheduler.autoscale import Autoscaler
 from shardyard.scheduler.core import Core, kill_quietly
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.partition import Partitioner
+from shardyard.scheduler.scaling import check_scale, plan_scale
 from shardyard.scheduler.segments import Segment, take
 from shardyard.scheduler.sinks import FutureSink, MapSink
-from shardyard.scheduler.stats import ActorStats, PoolStats, ShardStats
+from shardyard.scheduler.stats import (
+    ActorStats,
+    PlacementChange,
+    PoolStats,
+    ScaleReport,
+    ShardStats,
+)
 from shardyard.sharding import place, strategy
 
 __all__ = ["ShardPool"]
@@ -143,7 +151,10 @@ class ShardPool:
         self._closed = False  # no more work is taken
         self._released = False  # the actors were stopped (close is done)
         self._actors: list[Any] = []  # Ray actor handles, index = actor index
-        self._placement: np.ndarray | None = None  # shard id -> actor index
+        self._placement: np.ndarray | None = None  # shard id -> actor index at start
+        self._actor_cls: Any = None  # the remote ShardActor class (to start more actors)
+        self._scale_lock = threading.Lock()  # one scale at a time
+        self._autoscaler: Autoscaler | None = None
         # Validate the strategy now, not at first use: its name and options, its fit to
         # num_shards when that is set (else at start), and key affinity for a Shard.
         self._probe_strategy = _check_strategy(self.config, self._stateful)
@@ -183,8 +194,15 @@ class ShardPool:
         deadline = time.monotonic() + timeout
         info = connect(self._address)
         cfg = self.config
-        num_actors = cfg.num_actors or max(1, info.num_cpus)
-        num_shards = cfg.num_shards or 8 * num_actors
+        auto = cfg.autoscale
+        if cfg.num_actors is not None:
+            num_actors = cfg.num_actors
+        elif auto is not None:
+            num_actors = auto.min_actors
+        else:
+            num_actors = max(1, info.num_cpus)
+        # num_shards bounds how far the pool can scale out: leave room (8x) by default.
+        num_shards = cfg.num_shards or 8 * max(num_actors, auto.max_actors if auto else 0)
         if num_shards < num_actors:
             num_shards = num_actors
         _check_fits(num_actors, cfg.num_cpus_per_actor)
@@ -242,8 +260,12 @@ class ShardPool:
                 kill_quietly(actor)
             raise
         self._actors = actors
+        self._actor_cls = actor_cls
         self._placement = placement
         self._submit_sink = submit_sink
+        if cfg.autoscale is not None:
+            self._autoscaler = Autoscaler(self, cfg.autoscale, num_shards)
+            self._autoscaler.start()
         return core
 
     def start(self, timeout: float | None = None) -> ShardPool:
@@ -272,9 +294,103 @@ class ShardPool:
 
     @property
     def num_actors(self) -> int:
-        """The number of shard actors (starts the pool)."""
-        self._ensure_started()
-        return len(self._actors)
+        """The number of shard actors now (starts the pool); ``scale`` changes it."""
+        return len(self._ensure_started().active())
+
+    @property
+    def placement(self) -> dict[int, int]:
+        """``{shard_id: actor index}`` now (starts the pool); ``scale`` changes it."""
+        return self._ensure_started().placement()
+
+    def _live_handles(self) -> list[tuple[int, Any]]:
+        """``(actor index, handle)`` of the pool's actors (not the retired ones)."""
+        core = self._ensure_started()
+        return [(a, core.handle(a)) for a in core.active()]
+
+    # --- scaling ----------------------------------------------------------------------------
+
+    def scale(self, num_actors: int, timeout: float | None = None) -> ScaleReport:
+        """Grow or shrink the running pool to ``num_actors`` actors, state and all.
+
+        Work keeps flowing meanwhile (maps, streams and submits from any thread). The
+        fewest shards move that balance the new actors (``sharding.rebalance``); only those
+        pause: each one's new items are held while its in-flight batches finish, then its
+        old actor hands its state to the new one through Ray's object store (never through
+        the driver), and the held items follow in order. Nothing is lost, doubled or
+        reordered, also when either actor dies during the move. A scale-in stops the
+        actors it empties. New actors are started (and, on a cluster, scheduled) before
+        any shard moves: if they cannot start, nothing moves.
+
+        Args:
+            num_actors: the new size, from 1 to ``num_shards``.
+            timeout: seconds to wait for the scale (default: no limit; new actors must
+                start within ``start_timeout_s``).
+
+        Returns:
+            A :class:`~shardyard.scheduler.stats.ScaleReport`: the shards moved, the
+            seconds it took, the longest pause of any one shard.
+
+        Raises:
+            ConfigError: ``num_actors`` is below 1 or above ``num_shards`` (says why).
+            StartTimeoutError: the new actors could not start (nothing moved).
+            PoolClosedError: the pool is closed.
+            TimeoutError: ``timeout`` passed first (the scale goes on in the background).
+
+        Example:
+            >>> with ShardPool(lambda x: x, num_actors=1, num_shards=8) as pool:  # doctest: +SKIP
+            ...     pool.scale(4).moved_shards
+            [1, 2, 3, 5, 6, 7]
+        """
+        core = self._ensure_started()
+        check_scale(num_actors, len(core.ledger.books))
+        t0 = time.monotonic()
+        with self._scale_lock:
+            if self._closed:
+                raise PoolClosedError("this ShardPool is closed")
+            active = core.active()
+            failed = [a for a in active if core.dispatch.actors[a].failed]
+            plan = plan_scale(
+                core.placement(), active, num_actors, len(core.dispatch.actors), failed
+            )
+            if plan.new_actors:
+                self._start_actors(core, plan.new_actors, timeout)
+            if self._closed:
+                raise PoolClosedError("this ShardPool was closed during the scale")
+            moves = core.call(core.migrate(plan.moves), timeout)
+            core.retire(plan.retire)
+        return ScaleReport(
+            num_actors_before=len(active),
+            num_actors=len(core.active()),
+            moved_shards=sorted(m["shard_id"] for m in moves),
+            seconds=time.monotonic() - t0,
+            max_pause_s=max((m["pause_s"] for m in moves), default=0.0),
+            started_actors=plan.new_actors,
+            retired_actors=plan.retire,
+        )
+
+    async def ascale(self, num_actors: int, timeout: float | None = None) -> ScaleReport:
+        """``scale`` for asyncio code (the event loop keeps running meanwhile)."""
+        return await asyncio.to_thread(self.scale, num_actors, timeout)
+
+    def _start_actors(self, core: Core, indices: list[int], timeout: float | None) -> None:
+        limit = self.config.start_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        handles = [self._actor_cls.remote(self._handler, self._batched, i) for i in indices]
+        try:
+            _wait_scheduled(handles, deadline, self.config.num_cpus_per_actor)
+            added = core.call(core.add_actors(handles), max(0.1, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            for h in handles:
+                kill_quietly(h)
+            core.retire([i for i in indices if i < len(core.dispatch.actors)])
+            raise StartTimeoutError(
+                f"the {len(indices)} new actor(s) did not start within {limit:g} s; no shard moved"
+            ) from None
+        except BaseException:
+            for h in handles:
+                kill_quietly(h)
+            raise
+        assert added == indices, (added, indices)
 
     def shard_of(self, keys: Any) -> np.ndarray:
         """The shard id of each key, as the pool routes them."""
@@ -305,9 +421,11 @@ class ShardPool:
         """
         with self._start_lock:
             self._closed = True
-            core, actors = self._core, self._actors
+            core = self._core
             if self._released:
                 return
+        if self._autoscaler is not None:
+            self._autoscaler.stop()
         try:
             if core is not None and wait:
                 core.wait_idle(timeout)
@@ -317,8 +435,8 @@ class ShardPool:
                     self._released = True
                     if core is not None:
                         core.stop()
-                    for a in actors:
-                        kill_quietly(a)
+                        for a in core.all_handles():
+                            kill_quietly(a)
 
     shutdown = close  # the concurrent.futures.Executor name
 
@@ -734,11 +852,12 @@ class ShardPool:
             if failed:
                 raise failed[min(failed)]
             try:
-                replies = ray.get([ask(a) for a in self._actors], timeout=left())
+                live = self._live_handles()
+                replies = ray.get([ask(h) for _, h in live], timeout=left())
             except (RayActorError, ActorUnavailableError):
-                time.sleep(0.05)  # died meanwhile: its restart is noticed, then re-placed
+                time.sleep(0.05)  # died (or retired) meanwhile: look again
                 continue
-            fresh = all(core.confirm(a, r[0]) for a, r in enumerate(replies))
+            fresh = all(core.confirm(a, r[0]) for (a, _), r in zip(live, replies, strict=True))
             hosted = {
                 sid: (g if isinstance(g, int) else g[0]) for r in replies for sid, g in r[1].items()
             }
@@ -754,7 +873,8 @@ class ShardPool:
         ``node_id``.
         """
         driver = self._ensure_started().stats()
-        refs = [a.stats.remote() for a in self._actors]
+        handles = dict(self._live_handles())
+        refs = [handles[a["actor"]].stats.remote() for a in driver["actors"]]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         done = set(ready)
         remote: list[dict[str, Any] | None] = []
@@ -805,6 +925,7 @@ class ShardPool:
             shards=shards,
             actors=actors,
             keyless_queued=driver["pull_queued"],
+            placement_history=[PlacementChange(**h) for h in driver["history"]],
             snapshot_failures=driver["snapshot_failures"],
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ActorStats", "PoolStats", "ShardStats"]
+__all__ = ["ActorStats", "PlacementChange", "PoolStats", "ScaleReport", "ShardStats"]
 
 
 class ShardStats(BaseModel):
@@ -78,6 +78,53 @@ class ActorStats(BaseModel):
     state: str = "running"
 
 
+class PlacementChange(BaseModel):
+    """One shard moved from one actor to another (a scale-out or scale-in).
+
+    Attributes:
+        time: when the new actor hosted it (seconds since the epoch).
+        shard_id: the shard.
+        from_actor: the actor it left.
+        to_actor: the actor it went to.
+        pause_s: how long its new items were held (from the start of the move until the
+            new actor hosted it).
+        state_bytes: the size of the state that went with it (0 for a stateless shard).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    time: float
+    shard_id: int
+    from_actor: int
+    to_actor: int
+    pause_s: float
+    state_bytes: int = 0
+
+
+class ScaleReport(BaseModel):
+    """What one ``ShardPool.scale`` did.
+
+    Attributes:
+        num_actors_before: the pool's actors before.
+        num_actors: the pool's actors after.
+        moved_shards: the shards that moved (the fewest that balance the new actors).
+        seconds: how long the scale took, starting new actors included.
+        max_pause_s: the longest time any one moved shard's items were held.
+        started_actors: indices of the actors started.
+        retired_actors: indices of the actors stopped (their processes ended).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    num_actors_before: int
+    num_actors: int
+    moved_shards: list[int]
+    seconds: float
+    max_pause_s: float
+    started_actors: list[int] = []
+    retired_actors: list[int] = []
+
+
 class PoolStats(BaseModel):
     """A pool's shards and actors at one moment.
 
@@ -86,6 +133,8 @@ class PoolStats(BaseModel):
         actors: one entry per actor.
         keyless_queued: keyless items waiting for an actor to pull them.
         snapshot_failures: failed ``snapshot()`` calls in total.
+        placement_history: every shard move, oldest first (when, which shard, from which
+            actor to which, and how long it paused).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -94,6 +143,12 @@ class PoolStats(BaseModel):
     actors: list[ActorStats]
     keyless_queued: int = 0
     snapshot_failures: int = 0
+    placement_history: list[PlacementChange] = []
+
+    @property
+    def num_actors(self) -> int:
+        """The pool's actors (retired ones are not listed)."""
+        return len(self.actors)
 
     @property
     def items(self) -> int:
