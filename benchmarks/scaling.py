@@ -134,37 +134,51 @@ def main() -> int:
     starts = np.arange(at, BEFORE_S + AFTER_S - WINDOW_S, 0.01)
     rates = np.array([_rate(s, t, t + WINDOW_S) for t in starts])
     lowest = float(rates.min()) / pre
-    reach = next((t + WINDOW_S - at for t, r in zip(starts, rates, strict=True) if r >= 1.6 * pre), None)
+    reach = next(
+        (t + WINDOW_S - at for t, r in zip(starts, rates, strict=True) if r >= 1.6 * pre), None
+    )
     post = _rate(s, BEFORE_S + AFTER_S - 2.0, BEFORE_S + AFTER_S)
     pauses = run["pauses"]
     report = run["report"]
     print(f"scale 1 -> 2 called at {at:.2f} s, returned after {run['scale_done'] - at:.2f} s")
-    print(f"moved shards {report.moved_shards}; pause per moved shard p50 "
-          f"{statistics.median(pauses) * 1000:.0f} ms, max {max(pauses) * 1000:.0f} ms")
+    print(
+        f"moved shards {report.moved_shards}; pause per moved shard p50 "
+        f"{statistics.median(pauses) * 1000:.0f} ms, max {max(pauses) * 1000:.0f} ms"
+    )
     print(f"rate before: {pre:,.0f} items/s (1 actor)")
-    print(f"lowest {WINDOW_S * 1000:.0f} ms window after the call: {lowest:.2f}x the rate before "
-          f"(bar >= 0.50x) {'yes' if lowest >= 0.5 else 'NO'}")
+    print(
+        f"lowest {WINDOW_S * 1000:.0f} ms window after the call: {lowest:.2f}x the rate before "
+        f"(bar >= 0.50x) {'yes' if lowest >= 0.5 else 'NO'}"
+    )
     reach_txt = "never" if reach is None else f"{reach:.2f} s"
     ok_reach = reach is not None and reach <= 3.0
-    print(f"time to >= 1.6x the rate before: {reach_txt} (bar <= 3 s) {'yes' if ok_reach else 'NO'}")
-    print(f"steady rate after: {post:,.0f} items/s = {post / pre:.2f}x before; "
-          f"{post / base_rate:.2f}x a pool started with 2 actors ({base_rate:,.0f} items/s)")
+    print(
+        f"time to >= 1.6x the rate before: {reach_txt} (bar <= 3 s) {'yes' if ok_reach else 'NO'}"
+    )
+    print(
+        f"steady rate after: {post:,.0f} items/s = {post / pre:.2f}x before; "
+        f"{post / base_rate:.2f}x a pool started with 2 actors ({base_rate:,.0f} items/s)"
+    )
     png = _plot(s, at, run["scale_done"], pre)
     print(f"plot: {png}")
-    print(json.dumps({
-        "bench": "scaling",
-        "rate_before": round(pre, 1),
-        "rate_after": round(post, 1),
-        "baseline_2_actors": round(base_rate, 1),
-        "after_vs_before": round(post / pre, 3),
-        "after_vs_baseline": round(post / base_rate, 3),
-        "lowest_window_vs_before": round(lowest, 3),
-        "seconds_to_1_6x": None if reach is None else round(reach, 3),
-        "pause_p50_s": round(statistics.median(pauses), 4),
-        "pause_max_s": round(max(pauses), 4),
-        "moved_shards": report.moved_shards,
-        "scale_seconds": round(report.seconds, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "scaling",
+                "rate_before": round(pre, 1),
+                "rate_after": round(post, 1),
+                "baseline_2_actors": round(base_rate, 1),
+                "after_vs_before": round(post / pre, 3),
+                "after_vs_baseline": round(post / base_rate, 3),
+                "lowest_window_vs_before": round(lowest, 3),
+                "seconds_to_1_6x": None if reach is None else round(reach, 3),
+                "pause_p50_s": round(statistics.median(pauses), 4),
+                "pause_max_s": round(max(pauses), 4),
+                "moved_shards": report.moved_shards,
+                "scale_seconds": round(report.seconds, 3),
+            }
+        )
+    )
     return 0 if lowest >= 0.5 and ok_reach else 1
 
 
