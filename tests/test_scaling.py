@@ -7,6 +7,7 @@ either actor in the middle of a migration must not change that.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -18,6 +19,9 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+from ray.autoscaler.v2.utils import is_autoscaler_v2
+from ray.experimental.internal_kv import _internal_kv_get
 
 from shardyard import AutoscaleConfig, ConfigError, Shard, ShardPool
 from shardyard.sharding import moved_shards, rebalance
@@ -260,18 +264,30 @@ def test_autoscale_grows_to_max_under_backlog_and_shrinks_to_min_when_idle() -> 
     with ShardPool(_slow_double, autoscale=auto, chunk_size=500) as pool:
         assert pool.num_actors == 1 and pool.num_shards == 24  # 8 per max actor
         sizes: list[int] = []
+        requested: list[int] = []
         t, box = _in_thread(lambda: pool.map(range(20_000)))
         deadline = time.monotonic() + 120
         while "value" not in box and "error" not in box and time.monotonic() < deadline:
             sizes.append(pool.num_actors)
+            requested.append(_requested_cpus())
             time.sleep(0.05)
         assert _join(t, box) == [2 * i for i in range(20_000)]
         assert max(sizes) == 3, sizes
+        if not is_autoscaler_v2():  # the request reached Ray (v1 keeps it in the GCS KV)
+            assert max(requested) == 3, requested
         deadline = time.monotonic() + 60
         while pool.num_actors != 1:
             assert time.monotonic() < deadline, "the idle pool did not shrink"
             time.sleep(0.05)
         assert pool.stats().placement_history
+    if not is_autoscaler_v2():
+        assert _requested_cpus() == 0  # withdrawn when the pool closed
+
+
+def _requested_cpus() -> int:
+    """CPUs asked of Ray's autoscaler (``request_resources``), as the v1 autoscaler reads it."""
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return int(sum(b.get("CPU", 0) for b in json.loads(raw))) if raw else 0
 
 
 def _slow_double(x: int) -> int:

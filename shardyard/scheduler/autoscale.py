@@ -72,7 +72,9 @@ class Autoscaler:
 
     On a cluster it asks Ray's autoscaler for the CPUs of the actors it wants
     (``ray.autoscaler.sdk.request_resources``), so nodes are added where one runs, and
-    withdraws the request as the pool shrinks.
+    lowers the request as the pool shrinks (to nothing when it closes). Ray keeps one such
+    request per cluster: the latest call wins, so two autoscaling pools on one cluster
+    overwrite each other's.
     """
 
     def __init__(self, pool: ShardPool, cfg: AutoscaleConfig, num_shards: int) -> None:
@@ -92,6 +94,8 @@ class Autoscaler:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
+        if self._requested is not None:
+            self._request(0)  # withdraw: the cluster need not keep nodes for a closed pool
 
     def _run(self) -> None:
         pool = self._pool

@@ -268,7 +268,12 @@ class Ledger:
             if self._checkpoint_every is not None:
                 b.kind = REPLAY  # answered: from now on it is only ever re-applied
                 book.log[b.seq] = b
-                if len(book.log) >= self._checkpoint_every and not book.barrier_out:
+                # A moving shard takes no barrier: its handoff is the next snapshot.
+                if (
+                    len(book.log) >= self._checkpoint_every
+                    and not book.barrier_out
+                    and not book.moving
+                ):
                     self._queue_barrier(r.shard_id)
         self._promote(book)
         return out

@@ -339,7 +339,7 @@ class ShardPool:
         Example:
             >>> with ShardPool(lambda x: x, num_actors=1, num_shards=8) as pool:  # doctest: +SKIP
             ...     pool.scale(4).moved_shards
-            [1, 2, 3, 5, 6, 7]
+            [2, 3, 4, 5, 6, 7]
         """
         core = self._ensure_started()
         check_scale(num_actors, len(core.ledger.books))
