@@ -47,6 +47,8 @@ __all__ = ["CONTROL_GROUP", "ShardActor", "remote_shard_actor"]
 
 CONTROL_GROUP = "control"
 RECENT_REPLIES = 16  # replies kept per shard, to answer again (see ShardActor.replies)
+_THREAD_LOAD_BYTES = 1 << 20  # states larger than this are unpickled off the work loop
+_NO_STATE: Any = object()  # a fresh shard (setup only)
 
 
 @dataclass
@@ -157,16 +159,17 @@ class ShardActor:
 
     # --- placement ----------------------------------------------------------------------------
 
-    def host(self, requests: list[HostRequest], *states: bytes | None) -> HostReply:
+    async def host(self, requests: list[HostRequest], *states: bytes | None) -> HostReply:
         """Place shard generations here: fresh (``setup``), or ``restore``d from a state.
 
         A request's state is in the request, or (``state_arg >= 0``) one of ``states``:
         the driver passes a migrated shard's state as an ``ObjectRef``, which Ray fetches
         into this process from the object store before the call runs.
 
-        A plain (not ``async``) method, so it runs without yielding on the work loop: no
-        batch interleaves with a placement. Batches still waiting on a replaced generation
-        answer ``Stale``.
+        A replaced generation is dropped first (its waiting batches answer ``Stale``). A
+        large state is unpickled in a thread, so the actor's other shards keep running; the
+        shard's own batches come only after this returns (the driver waits for the reply).
+        ``setup`` and ``restore`` run on the work loop.
 
         Returns:
             The incarnation, and the shards whose ``setup``/``restore`` raised (those are
@@ -180,7 +183,15 @@ class ShardActor:
                     if not waiter.done():
                         waiter.set_result(True)
             try:
-                state = states[req.state_arg] if req.state_arg >= 0 else req.state
+                raw = states[req.state_arg] if req.state_arg >= 0 else req.state
+                state = _NO_STATE
+                if raw is not None:
+                    big = len(raw) > _THREAD_LOAD_BYTES
+                    state = (
+                        await asyncio.to_thread(cloudpickle.loads, raw)
+                        if big
+                        else (cloudpickle.loads(raw))
+                    )
                 instance = self._new_instance(req.shard_id, state)
             except Exception as exc:
                 failures[req.shard_id] = ItemFailure.capture(0, exc)
@@ -216,14 +227,14 @@ class ShardActor:
         size = 0 if state is None else len(state)
         return HandoffReply(self._incarnation, None, size), state
 
-    def _new_instance(self, sid: int, state: bytes | None) -> Any:
+    def _new_instance(self, sid: int, state: Any) -> Any:
         if not (isinstance(self._handler, type) and issubclass(self._handler, Shard)):
             return self._handler
         instance = self._handler()
         instance.shard_id = sid
         instance.setup(sid)
-        if state is not None:
-            instance.restore(cloudpickle.loads(state))
+        if state is not _NO_STATE:
+            instance.restore(state)
         return instance
 
     async def results(self) -> tuple[str, dict[int, tuple[int, Any]]]:
