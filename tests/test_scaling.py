@@ -175,6 +175,7 @@ def test_the_moved_shards_are_the_planned_minimum() -> None:
             report = pool.scale(target)
             new = {s.shard_id: s.actor for s in pool.stats().shards}
             assert report.moved_shards == moved_shards(old, new)
+            assert (report.placement_before, report.placement) == (old, new)
             # The planned table: rebalance over the actors that remain (the new ones take
             # the next indices), and no balanced placement keeps more shards in place.
             keep = [a for a in active if a not in report.retired_actors]

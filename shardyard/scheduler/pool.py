@@ -349,9 +349,8 @@ class ShardPool:
                 raise PoolClosedError("this ShardPool is closed")
             active = core.active()
             failed = [a for a in active if core.dispatch.actors[a].failed]
-            plan = plan_scale(
-                core.placement(), active, num_actors, len(core.dispatch.actors), failed
-            )
+            before = core.placement()
+            plan = plan_scale(before, active, num_actors, len(core.dispatch.actors), failed)
             if plan.new_actors:
                 self._start_actors(core, plan.new_actors, timeout)
             if self._closed:
@@ -366,6 +365,8 @@ class ShardPool:
             max_pause_s=max((m["pause_s"] for m in moves), default=0.0),
             started_actors=plan.new_actors,
             retired_actors=plan.retire,
+            placement_before=before,
+            placement=core.placement(),
         )
 
     async def ascale(self, num_actors: int, timeout: float | None = None) -> ScaleReport:

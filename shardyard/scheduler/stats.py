@@ -112,6 +112,9 @@ class ScaleReport(BaseModel):
         max_pause_s: the longest time any one moved shard's items were held.
         started_actors: indices of the actors started.
         retired_actors: indices of the actors stopped (their processes ended).
+        placement_before: ``{shard_id: actor}`` before the scale.
+        placement: ``{shard_id: actor}`` after it (``moved_shards`` is exactly where the
+            two differ: ``sharding.moved_shards(placement_before, placement)``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -123,6 +126,8 @@ class ScaleReport(BaseModel):
     max_pause_s: float
     started_actors: list[int] = []
     retired_actors: list[int] = []
+    placement_before: dict[int, int] = {}
+    placement: dict[int, int] = {}
 
 
 class PoolStats(BaseModel):
