@@ -23,7 +23,7 @@ from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNE
 from ray.autoscaler.v2.utils import is_autoscaler_v2
 from ray.experimental.internal_kv import _internal_kv_get
 
-from shardyard import AutoscaleConfig, ConfigError, Shard, ShardPool
+from shardyard import AutoscaleConfig, ConfigError, PoolClosedError, Shard, ShardPool
 from shardyard.sharding import moved_shards, rebalance
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -389,3 +389,40 @@ def test_stats_show_the_placement_history() -> None:
         assert sorted(moves[2:]) == [(2, 1, 0), (3, 1, 0)]  # scale(1)
         assert all(t0 <= h.time <= time.time() and h.pause_s >= 0 for h in history)
         assert pool.stats().num_actors == 1
+
+
+def test_a_timed_out_scale_goes_on_and_the_next_scale_waits_for_it(tmp_path: Path) -> None:
+    handler = type("SlowHandoffHere", (SlowHandoff,), {"marker_dir": str(tmp_path)})
+    items = _items(4_000)
+    # A handoff slower than restart_timeout_s is waited for, not sent twice.
+    with ShardPool(handler, num_actors=1, num_shards=4, restart_timeout_s=0.5) as pool:
+        pool.map(items, keys=_key)
+        (tmp_path / "gate-snapshot").touch()
+        with pytest.raises(TimeoutError, match="goes on in the background"):
+            pool.scale(2, timeout=5)  # the handoffs wait for the gate
+        later, done = _in_thread(lambda: pool.scale(1))
+        time.sleep(1.0)  # longer than restart_timeout_s
+        assert later.is_alive(), done  # waits for the first scale
+        (tmp_path / "gate-snapshot").unlink()
+        report = _join(later, done)
+        assert report.num_actors_before == 2 and pool.num_actors == 1
+        assert pool.placement == dict.fromkeys(range(4), 0)
+        more = _items(1_000, start=4_000)
+        assert pool.map(more, keys=_key) == [seq for _, seq in more]
+        assert not [s for s in pool.stats().shards if s.failed]
+        _check_arrivals(pool, items + more)
+
+
+def test_close_during_a_scale_ends_it_with_pool_closed(tmp_path: Path) -> None:
+    handler = type("SlowHandoffHere", (SlowHandoff,), {"marker_dir": str(tmp_path)})
+    pool = ShardPool(handler, num_actors=1, num_shards=4)
+    pool.map(_items(1_000), keys=_key)
+    (tmp_path / "gate-snapshot").touch()
+    scaling, scaled = _in_thread(lambda: pool.scale(2))
+    _wait_marker(tmp_path, "snapshot")
+    pool.close(wait=False)
+    (tmp_path / "gate-snapshot").unlink()
+    with pytest.raises(PoolClosedError):
+        _join(scaling, scaled)
+    with pytest.raises(PoolClosedError):
+        pool.scale(1)

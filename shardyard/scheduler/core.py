@@ -176,7 +176,18 @@ class Core:
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the core loop and wait for its result from any thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self.run(coro).result(timeout)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the core loop; its future, to wait on from any thread.
+
+        Raises:
+            PoolClosedError: the core is stopping (``coro`` is not run).
+        """
+        if self._closing or self._loop.is_closed():
+            coro.close()
+            raise PoolClosedError("this ShardPool is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self._loop.create_task(coro)
@@ -220,7 +231,7 @@ class Core:
             await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
-            self.call(cancel_all(), timeout=10)
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(10)
         except Exception:  # a wedged loop must not keep close() from releasing the actors
             log.warning("shardyard: the core loop did not stop cleanly", exc_info=True)
         finally:
@@ -930,8 +941,11 @@ class Core:
                 continue
             try:
                 status_ref, state_ref = self._handles[src].handoff.remote(sid, gen)
-                status = await asyncio.wait_for(_await_ref(status_ref), self._restart_timeout)
-            except (asyncio.TimeoutError, *_ACTOR_GONE):
+                # No timeout: a handoff is never sent twice while one may still run (the
+                # first would take the shard away from under the second). Ray fails the
+                # call if the actor dies; a snapshot() that hangs holds only this move.
+                status = await _await_ref(status_ref)
+            except _ACTOR_GONE:
                 await asyncio.sleep(0.05)  # the watchdog finds the death; then try again
                 continue
             if status.incarnation != inc:
@@ -982,6 +996,18 @@ class Core:
                     }
                 )
             return {**record, "moved": True, "pause_s": pause}
+
+    async def rescale(self, moves: dict[int, int], retire: list[int]) -> list[dict[str, Any]]:
+        """:meth:`migrate` ``moves``, then :meth:`retire` the actors they emptied.
+
+        Raises:
+            PoolClosedError: the pool closed before the moves were done (nothing retired).
+        """
+        records = await self.migrate(moves)
+        if self._closing:
+            raise PoolClosedError("the pool was closed during the scale")
+        self.retire(retire)
+        return records
 
     def _switch(self, sid: int, src: int, dst: int) -> None:
         """Route ``sid`` to ``dst`` in the dispatcher (under the lock)."""

@@ -154,6 +154,7 @@ class ShardPool:
         self._placement: np.ndarray | None = None  # shard id -> actor index at start
         self._actor_cls: Any = None  # the remote ShardActor class (to start more actors)
         self._scale_lock = threading.Lock()  # one scale at a time
+        self._scaling: concurrent.futures.Future[Any] | None = None  # the scale under way
         self._autoscaler: Autoscaler | None = None
         # Validate the strategy now, not at first use: its name and options, its fit to
         # num_shards when that is set (else at start), and key affinity for a Shard.
@@ -344,19 +345,39 @@ class ShardPool:
         core = self._ensure_started()
         check_scale(num_actors, len(core.ledger.books))
         t0 = time.monotonic()
+        deadline = None if timeout is None else t0 + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         with self._scale_lock:
-            if self._closed:
-                raise PoolClosedError("this ShardPool is closed")
-            active = core.active()
-            failed = [a for a in active if core.dispatch.actors[a].failed]
-            before = core.placement()
-            plan = plan_scale(before, active, num_actors, len(core.dispatch.actors), failed)
-            if plan.new_actors:
-                self._start_actors(core, plan.new_actors, timeout)
-            if self._closed:
-                raise PoolClosedError("this ShardPool was closed during the scale")
-            moves = core.call(core.migrate(plan.moves), timeout)
-            core.retire(plan.retire)
+            try:
+                # A scale whose caller timed out goes on in the background: plan after it.
+                if self._scaling is not None:
+                    self._scaling.result(left())
+                    self._scaling = None
+                if self._closed:
+                    raise PoolClosedError("this ShardPool is closed")
+                active = core.active()
+                failed = [a for a in active if core.dispatch.actors[a].failed]
+                before = core.placement()
+                plan = plan_scale(before, active, num_actors, len(core.dispatch.actors), failed)
+                if plan.new_actors:
+                    self._start_actors(core, plan.new_actors, left())
+                self._scaling = core.run(core.rescale(plan.moves, plan.retire))
+                moves = self._scaling.result(left())
+                self._scaling = None
+            except StartTimeoutError:
+                raise  # the new actors did not start: nothing moved
+            except concurrent.futures.TimeoutError:
+                raise TimeoutError(
+                    f"scale({num_actors}) did not finish within {timeout:g} s; it goes on in "
+                    "the background, and the next scale() waits for it"
+                ) from None
+            except (concurrent.futures.CancelledError, RuntimeError) as exc:
+                if self._closed:
+                    raise PoolClosedError("the pool was closed during the scale") from exc
+                raise
         return ScaleReport(
             num_actors_before=len(active),
             num_actors=len(core.active()),
