@@ -895,8 +895,10 @@ class ShardPool:
         ``node_id``.
         """
         driver = self._ensure_started().stats()
-        handles = dict(self._live_handles())
-        refs = [handles[a["actor"]].stats.remote() for a in driver["actors"]]
+        # Every actor in the core's record has a handle (retired ones included: a scale-in
+        # may retire one between the two reads; it then answers nothing, pid=None).
+        core = self._ensure_started()
+        refs = [core.handle(a["actor"]).stats.remote() for a in driver["actors"]]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         done = set(ready)
         remote: list[dict[str, Any] | None] = []
