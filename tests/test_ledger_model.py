@@ -5,19 +5,27 @@ and a :class:`~shardyard.scheduler.dispatch.Dispatch` the way ``scheduler/core.p
 the ``core_*`` methods below mirror ``Core._kick``, ``_send``, ``_on_call_done``,
 ``_call_failed`` (``_isolate``; ``_fetch_replies`` through ``Ledger.reanswer``),
 ``_lost``, ``_note_death``, ``_place_later``, ``_place_loop``, ``_needs_placing``,
-``_watch`` and ``_flush``. Keep them in step with the core. The fake actors behave like
-``actors/shard_actor.py``:
+``_host_requests``, ``_watch``, ``confirm`` and ``_flush``, and, for live scaling,
+``add_actors``, ``migrate``, ``_move``, ``_switch`` and ``retire``. Keep them in step
+with the core. The fake actors behave like ``actors/shard_actor.py``:
 
 * an actor hosts nothing until a ``HostRequest`` places a generation of a shard on it
-  (fresh, or restored from a snapshot); it answers ``Stale`` for unhosted shards and other
-  generations, and runs the batches of the hosted generation strictly in ``seq`` order (a
-  batch that arrives early waits for its turn; a call's reply exists once all its batches
-  ran); a barrier returns the frozen state; a replay returns no outputs; it keeps its last
-  few replies per shard, for ``replies`` (asked again when a reply did not load);
+  (fresh, restored from a snapshot, or from a handed-off state: the ``host`` call's extra
+  argument that ``state_arg`` names, the value of a ref the driver never reads); it
+  answers ``Stale`` for unhosted shards and other generations, and runs the batches of the
+  hosted generation strictly in ``seq`` order (a batch that arrives early waits for its
+  turn; a call's reply exists once all its batches ran); a barrier returns the frozen
+  state; a replay returns no outputs; it keeps its last few replies per shard, for
+  ``replies`` (asked again when a reply did not load);
+* ``handoff(shard, gen)`` fails at once if that generation is not hosted or has batches
+  waiting; else its snapshot is taken later (other shards run meanwhile), and may fail
+  (the shard then stays hosted); on success the actor stops hosting the shard and returns
+  the state as a separate value;
 * messages are taken in the order they were sent; batches of different shards then run
   in any order (a slow batch of one shard holds its call's reply back);
 * a kill loses the hosted state, the mailbox and the unfinished calls (they fail as "actor
-  gone") and starts a new incarnation; replies already sent still arrive.
+  gone", handoffs too) and starts a new incarnation; replies already sent still arrive. A
+  retired actor is killed for good.
 
 The shard is an append-log: its state is the list of the items applied to it, so the state
 after any history is checkable. Each item is its own submission position ``p``. Handler
@@ -30,24 +38,46 @@ The rules interleave keyed and keyless submits, kicks, actor steps, replies deli
 order, twice, or late (after their generation ended), failed calls (actor side: the
 arguments did not load, nothing ran; driver side: the reply did not load, everything ran),
 failed snapshots, and kills at any moment (idle, busy, while placing, twice in a row).
+Migration is one more such event: a move of a random shard to another actor, possibly a
+new one (``add_actors``: a slot and a placing loop of its own), then the turns of its
+mover, in any order with everything else: it waits until the shard is quiet and its
+actor's incarnation is known, sends ``handoff`` (through the mailbox, in order), and on
+the reply either recovers a restarted actor, counts a failed snapshot (the third fails
+the shard with ``ShardFailedError``; a failed shard is switched without a handoff), or
+switches the shard to the new actor (``Ledger.handed_off``, ``Dispatch.move_shard``),
+which its placing loop then hosts from the handed-off state. Kills hit either side
+before, during or after the handoff and while the new actor hosts. An actor left with no
+shard (and none moving to it) may be retired (``Dispatch.retire``; its incarnation is
+forgotten, its calls are void).
+
 Invariants are checked after every step and, at teardown, after draining to quiescence
-(no new faults; poison still kills): every item ends exactly once, with the right output
-or an allowed error; the state of every shard that did not fail is exactly its successful
-items, each once, the keyed ones in submission order, each at the place its output named;
-each batch number is sent once per generation (again only after a call that never ran);
-the outbox stays in number order; every batch in flight belongs to a live call; the replay
-log stays bounded; dispatch slots and load counters stay consistent and end at zero.
+(no new faults; poison still kills; moves go on to their end): every item ends exactly
+once, with the right output or an allowed error; the state of every shard that did not
+fail is exactly its successful items, each once, the keyed ones in submission order, each
+at the place its output named; each batch number is sent once per generation (again only
+after a call that never ran); the outbox stays in number order; every batch in flight
+belongs to a live call; the replay log stays bounded; dispatch slots and load counters stay
+consistent (each shard on its actor's slot alone, each slot's load the unfinished items of
+its shards) and end at zero; a death is only ever handled for a process that is gone;
+exactly the shards being moved are held; a retired actor hosts no shard and gets no call
+(of any kind) again; every move ends, with its shard on the new actor.
 
 Machines: stateful with ``checkpoint_every=2`` (everything), stateless (with keyless
 work), stateful with ``checkpoint_every=None`` (a death of a dirty shard fails its items
 with ``ActorLostError``), and poison-only ones (no other fault: exactly the poison items
-fail, with ``PoisonItemError``, every other item ends with its output).
+fail, with ``PoisonItemError``, every other item ends with its output, moves included).
 
 Known gaps of the core, left out while ``AVOID_CORE_GAPS`` is set (run a machine with it
 off to see them): a call carrying only a replay or a barrier that fails on the actor fails
 its shard, and the shard's later batches, already at the actor, then wait forever for that
 number, holding their calls (and other shards' replies in them); and ``replies`` pickles
 the outputs of a batch that asked for pickled outputs a second time.
+
+Two migration bugs this model found are fixed, and their shrunk cases replayed by the
+``test_found_*`` tests at the end: ``Core._move`` took a live process for dead when an older
+one answered its handoff (it now loses the process the handoff was sent to, and
+``Core.confirm`` likewise), and it switched a shard that had failed with its held items still
+queued, which nothing then ended (it now ends them).
 """
 
 from __future__ import annotations
@@ -85,6 +115,7 @@ from shardyard.protocol import (
     BarrierReply,
     BatchReply,
     CallReply,
+    HandoffReply,
     HostReply,
     HostRequest,
     ItemFailure,
@@ -98,8 +129,11 @@ from shardyard.scheduler.segments import Segment
 OK, FAIL, POISON = 0, 1, 2  # item kinds (what the handler does with them)
 GONE, ACTOR_SIDE, DRIVER_SIDE = "gone", "actor-side", "driver-side"  # call failures
 PICK = st.integers(min_value=0, max_value=1 << 16)  # an index, taken modulo a length
+SWARM = ("kill", "call", "snap", "pull", "again", "move", "handoff")  # events a run may omit
 MAX_SNAPSHOT_FAILURES = 3
 RECENT_REPLIES = 4  # replies a fake actor keeps (the real one 16): small, so some are gone
+HOST_ATTEMPTS = 3  # core.py's: failed handoffs of one move before its shard fails
+MAX_ACTORS = 5  # actors ever (retired ones included): the start's 2-3, then added ones
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,7 +177,39 @@ class HostMsg:
 
     reqs: list[HostRequest]
     known: str  # the incarnation the health check saw before the requests were sent
+    states: list[StateRef] = field(default_factory=list)  # the call's extra arguments
     outcome: HostReply | str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class StateRef:
+    """The ``ObjectRef`` of a handed-off state: the core passes it on and never reads it;
+    Ray resolves it to ``value`` in the receiving actor's ``host``."""
+
+    value: bytes | None
+
+
+@dataclass(eq=False)
+class HandoffMsg:
+    """A ``handoff`` call: ``outcome`` is (its reply, the state's ref), ``GONE``, or ``None``."""
+
+    sid: int
+    gen: int
+    outcome: tuple[HandoffReply, StateRef | None] | str | None = None
+
+
+@dataclass(eq=False)
+class Move:
+    """``Core._move`` of one shard in progress (``msg``: its handoff call in flight)."""
+
+    sid: int
+    dst: int
+    src: int = -1  # the actor the last handoff went to
+    inc: str | None = None  # its incarnation when the handoff was sent
+    gen: int = -1  # the generation handed off
+    failures: int = 0  # failed handoffs (HOST_ATTEMPTS of them fail the shard)
+    msg: HandoffMsg | None = None
+    switched: bool = False  # handed off and routed to ``dst``: waiting for it to host
 
 
 @dataclass(eq=False)
@@ -183,8 +249,10 @@ class FakeActor:
     index: int
     incarnations: int = 0
     hosted: dict[int, Hosted] = field(default_factory=dict)
-    mailbox: deque[RunMsg | HostMsg] = field(default_factory=deque)
+    mailbox: deque[RunMsg | HostMsg | HandoffMsg] = field(default_factory=deque)
     running: list[RunMsg] = field(default_factory=list)  # accepted, some batches waiting
+    handing: list[tuple[HandoffMsg, Hosted]] = field(default_factory=list)  # snapshotting
+    retired: bool = False  # stopped for good by a scale-in
 
     @property
     def incarnation(self) -> str:
@@ -210,6 +278,8 @@ class LedgerModel(RuleBasedStateMachine):
     AVOID_CORE_GAPS: ClassVar[bool] = True
     SNAP_FAULTS: ClassVar[bool] = True  # failing snapshot barriers
     PULL: ClassVar[bool] = True  # keyless (pull queue) submits
+    MIGRATION: ClassVar[bool] = True  # live shard moves, added actors, retirements
+    HANDOFF_FAULTS: ClassVar[bool] = True  # failing snapshots in handoffs (stateful only)
     MAX_POISON: ClassVar[int] = 2  # poison items per run
 
     def __init__(self) -> None:
@@ -224,8 +294,20 @@ class LedgerModel(RuleBasedStateMachine):
         max_batch=st.integers(1, 4),
         max_inflight=st.integers(1, 3),
         shift=st.integers(0, 2),
+        off=st.frozensets(st.sampled_from(SWARM)),
     )
-    def start(self, n_actors: int, n_shards: int, max_batch: int, max_inflight: int, shift: int):
+    def start(
+        self,
+        n_actors: int,
+        n_shards: int,
+        max_batch: int,
+        max_inflight: int,
+        shift: int,
+        off: frozenset[str] = frozenset(),
+    ):
+        # Swarm testing: each run leaves some kinds of events out, so the ones it keeps come
+        # more often, in longer chains (what an error allows still follows the class flags).
+        self.off = off
         placement = [(sid + shift) % n_actors for sid in range(n_shards)]
         self.n_shards = n_shards
         self.max_inflight = max_inflight
@@ -264,6 +346,12 @@ class LedgerModel(RuleBasedStateMachine):
         self.sent_keys: set[tuple[int, int, int]] = set()  # (shard, gen, seq) ever sent
         self.snapshot_faults = [0] * n_shards  # barriers of the shard still to fail
         self.snapshot_broken = [False] * n_shards  # a snapshot of the shard ever failed
+        # Migration: the moves in progress (one per shard at most) and the last one of each.
+        self.moves: dict[int, Move] = {}
+        self.last_move: dict[int, Move] = {}
+        self.retiring: dict[int, set[int]] = {}  # scale_in: actor -> the shards moving off it
+        self.handoff_faults = [0] * n_shards  # handoffs of the shard still to fail
+        self.handoff_broken = [False] * n_shards  # a handoff's snapshot of the shard failed
         self.poisons = 0
         self.sends = 0
         self.kills = 0
@@ -317,7 +405,9 @@ class LedgerModel(RuleBasedStateMachine):
             assert self.STATEFUL and self.CKPT is None, exc
         else:
             assert isinstance(exc, ShardFailedError), exc
-            if "snapshot()" in exc.reason:
+            if "could not migrate" in exc.reason:  # HOST_ATTEMPTS handoffs failed
+                assert self.handoff_broken[exc.shard_id], exc
+            elif "snapshot()" in exc.reason:
                 assert self.snapshot_broken[exc.shard_id]
             else:
                 assert "could not run" in exc.reason and not self.AVOID_CORE_GAPS, exc
@@ -364,7 +454,12 @@ class LedgerModel(RuleBasedStateMachine):
         self.sends += 1
         call = Call(a, batches, self.known[a], alone)
         self.calls[a].add(call)
-        self.actors[a].mailbox.append(RunMsg(call, wires))
+        self.send_to(a, RunMsg(call, wires))
+
+    def send_to(self, a: int, msg: RunMsg | HostMsg | HandoffMsg) -> None:
+        """A Ray call to actor ``a``: whichever process it runs now takes it, in order."""
+        assert not self.actors[a].retired, f"a call to retired actor {a}: {msg}"
+        self.actors[a].mailbox.append(msg)
 
     def core_call_done(self, o: Outcome) -> None:
         """``Core._on_call_done``."""
@@ -411,6 +506,7 @@ class LedgerModel(RuleBasedStateMachine):
             return  # its actor was re-placed meanwhile: the batches were re-planned then
         if exc == DRIVER_SIDE:
             # Everything ran; the reply did not load: ask the actor for it again.
+            assert not self.actors[call.actor].retired, "a replies call to a retired actor"
             self.fetches.append(Fetch(call, [(b.shard_id, b.gen, b.seq) for b in call.batches]))
             return
         for b in call.batches:  # Core._isolate: nothing in the call ran
@@ -435,6 +531,9 @@ class LedgerModel(RuleBasedStateMachine):
         """``Core._lost``: handle each death of a known incarnation once."""
         if incarnation is None or incarnation != self.known[a]:
             return
+        # Only ever for a process that is gone: a live one would lose its shards for nothing
+        # (with checkpoint_every=None, the state of its dirty shards).
+        assert self.actors[a].incarnation != incarnation, f"live process {incarnation} lost"
         self.known[a] = None
         self.core_note_death(a, out)
         self.core_place_later(a)
@@ -459,14 +558,16 @@ class LedgerModel(RuleBasedStateMachine):
                 assert not books[s].placed and not books[s].inflight
 
     def core_place_later(self, a: int) -> None:
-        """``Core._place_later``: one placing loop per actor."""
-        if not self.placing[a]:
+        """``Core._place_later``: one placing loop per actor (none for a retired one)."""
+        if not self.placing[a] and not self.dispatch.actors[a].failed:
             self.placing[a] = True
             self.talked_to[a] = None  # a new Core._place_loop
 
     def needs_placing(self, a: int) -> bool:
         """``Core._needs_placing``."""
         slot = self.dispatch.actors[a]
+        if slot.failed:
+            return False
         return self.known[a] is None or any(
             not (b := self.ledger.books[sid]).placed and b.failed is None for sid in slot.shards
         )
@@ -477,7 +578,7 @@ class LedgerModel(RuleBasedStateMachine):
         msg = self.place_msg[a]
         out: list[Delivery] = []
         if msg is None:
-            if not self.needs_placing(a):
+            if not self.needs_placing(a):  # (also when the actor was retired)
                 self.placing[a] = False  # Core._place's finally
                 self.core_kick(a)
                 return
@@ -488,15 +589,11 @@ class LedgerModel(RuleBasedStateMachine):
             elif self.talked_to[a] is not None and inc != self.talked_to[a]:
                 self.core_note_death(a, out)  # the process we were restoring died
             self.talked_to[a] = inc
-            reqs = [
-                HostRequest(sid, book.gen, book.snapshot)
-                for sid in slot.shards
-                if not (book := self.ledger.books[sid]).placed and book.failed is None
-            ]
+            reqs, states = self.host_requests(slot.shards)
             self.flush(out)
-            msg = HostMsg(reqs, inc)
+            msg = HostMsg(reqs, inc, states)
             self.place_msg[a] = msg
-            self.actors[a].mailbox.append(msg)
+            self.send_to(a, msg)
             return
         if msg.outcome is None:
             return  # not answered yet
@@ -513,6 +610,137 @@ class LedgerModel(RuleBasedStateMachine):
         out += self.dispatch.fail_queued(slot.shards)
         self.flush(out)
 
+    def host_requests(self, shards: list[int]) -> tuple[list[HostRequest], list[StateRef]]:
+        """``Core._host_requests``: a handed-off state goes as an extra argument."""
+        reqs: list[HostRequest] = []
+        states: list[StateRef] = []
+        for sid in shards:
+            book = self.ledger.books[sid]
+            if book.placed or book.failed is not None:
+                continue
+            if isinstance(book.snapshot, StateRef):
+                reqs.append(HostRequest(sid, book.gen, None, len(states)))
+                states.append(book.snapshot)
+            else:
+                assert book.snapshot is None or type(book.snapshot) is bytes, book.snapshot
+                reqs.append(HostRequest(sid, book.gen, book.snapshot))
+        return reqs, states
+
+    def core_confirm(self, a: int, incarnation: str, asked: str | None) -> bool:
+        """``Core.confirm``."""
+        if incarnation == asked:
+            return asked == self.known[a]
+        out: list[Delivery] = []
+        self.core_lost(a, asked, out)
+        self.flush(out)
+        return False
+
+    # --- scaling, mirrored ----------------------------------------------------------------------
+
+    def core_add_actor(self) -> int:
+        """``Core.add_actors`` of one new actor: its placing loop learns its incarnation."""
+        a = self.dispatch.add_actor()
+        assert a == len(self.actors)
+        self.actors.append(FakeActor(a))
+        self.known.append(None)
+        self.placing.append(True)
+        self.place_msg.append(None)
+        self.talked_to.append(None)
+        self.calls.append(set())
+        return a
+
+    def core_switch(self, sid: int, src: int, dst: int) -> None:
+        """``Core._switch``: route ``sid`` to ``dst``."""
+        book = self.ledger.books[sid]
+        book.actor = dst
+        book.moving = False
+        self.dispatch.move_shard(sid, src, dst)
+
+    def end_move(self, mv: Move) -> None:
+        assert self.moves[mv.sid] is mv
+        del self.moves[mv.sid]
+        self.last_move[mv.sid] = mv
+        self.retire_when_moved()
+
+    def core_move_step(self, mv: Move) -> None:
+        """One turn of ``Core._move``'s loop (``Core.migrate`` started it)."""
+        sid, book = mv.sid, self.ledger.books[mv.sid]
+        if mv.switched:  # waiting for the new actor to host it
+            if book.placed or book.failed is not None:
+                self.end_move(mv)
+            return
+        if mv.msg is not None:
+            if mv.msg.outcome is not None:
+                msg, mv.msg = mv.msg, None
+                self.core_handoff_done(mv, msg)
+            return
+        src = book.actor
+        if book.failed is not None:
+            # Nothing to hand over: the failed shard follows the placement, and its held
+            # items end now.
+            self.core_switch(sid, src, mv.dst)
+            self.flush(self.dispatch.fail_queued([sid]))
+            self.end_move(mv)
+            return
+        inc = self.known[src]
+        if not (self.ledger.quiet(sid) and inc is not None):
+            return  # sleep, look again
+        mv.src, mv.inc, mv.gen = src, inc, book.gen
+        mv.msg = HandoffMsg(sid, book.gen)
+        self.send_to(src, mv.msg)
+
+    def core_handoff_done(self, mv: Move, msg: HandoffMsg) -> None:
+        """The rest of a turn of ``Core._move``: the handoff call's outcome."""
+        sid, book = mv.sid, self.ledger.books[mv.sid]
+        if msg.outcome == GONE:
+            return  # the watchdog finds the death; then try again
+        assert isinstance(msg.outcome, tuple)
+        status, state = msg.outcome
+        if status.incarnation != mv.inc:
+            # Another process answered: the one the handoff went to is gone. Recover.
+            out: list[Delivery] = []
+            self.core_lost(mv.src, mv.inc, out)
+            self.flush(out)
+            return
+        if status.failure is not None:
+            if book.gen != mv.gen or book.failed is not None:
+                return  # re-planned meanwhile: look again
+            cause = status.failure.exception()
+            # The core counts every failed handoff; only a failed snapshot() should be one
+            # (the generation is quiet: hosted, with nothing waiting).
+            assert "snapshot() broke" in str(cause), f"handoff of {sid}/{mv.gen}: {cause!r}"
+            mv.failures += 1
+            if mv.failures < HOST_ATTEMPTS:
+                return
+            err = ShardFailedError(
+                sid,
+                f"it could not migrate from actor {mv.src} to actor {mv.dst}: its snapshot() "
+                f"raised {cause!r} ({HOST_ATTEMPTS} attempts)",
+                status.failure.traceback,
+            )
+            out = self.ledger.fail_shard(sid, err)
+            out += self.dispatch.fail_queued([sid])
+            self.flush(out)
+            return  # the failed shard follows the placement (next turn)
+        if not self.ledger.handed_off(sid, mv.gen, mv.dst, state):
+            return  # the old actor died after the handoff: it is re-placed there
+        self.core_switch(sid, mv.src, mv.dst)
+        mv.switched = True
+        self.core_place_later(mv.dst)
+
+    def core_retire(self, a: int) -> None:
+        """``Core.retire``: the actor hosts no shard any more; stop it for good."""
+        slot = self.dispatch.actors[a]
+        if slot.retired:
+            return
+        self.dispatch.retire(a)
+        self.known[a] = None
+        for call in self.calls[a]:
+            call.done = True
+        self.calls[a].clear()
+        self.kill(a)  # kill_quietly: no restart
+        self.actors[a].retired = True
+
     # --- the fake actors -----------------------------------------------------------------------
 
     def actor_accept(self, a: int) -> None:
@@ -520,14 +748,28 @@ class LedgerModel(RuleBasedStateMachine):
         actor = self.actors[a]
         msg = actor.mailbox.popleft()
         if isinstance(msg, HostMsg):
-            for req in msg.reqs:  # ShardActor.host: a plain method, nothing interleaves
+            # ShardActor.host, as one step (while it unpickles a large state in a thread,
+            # other shards' batches may run: they touch none of the shards it places).
+            for req in msg.reqs:
                 old = actor.hosted.pop(req.shard_id, None)
                 if old is not None:
                     for seq, (m, i) in old.waiters.items():
                         self.resolve(a, m, i, Stale(req.shard_id, old.gen, seq, "superseded"))
-                state = [] if req.state is None else cloudpickle.loads(req.state)
+                blob = req.state
+                if req.state_arg >= 0:  # a handed-off state: Ray resolved the ref
+                    assert req.state is None
+                    blob = msg.states[req.state_arg].value
+                state = [] if blob is None else cloudpickle.loads(blob)
                 actor.hosted[req.shard_id] = Hosted(req.gen, list(state))
             msg.outcome = HostReply(actor.incarnation, {})
+            return
+        if isinstance(msg, HandoffMsg):  # ShardActor.handoff, up to its snapshot thread
+            h = actor.hosted.get(msg.sid)
+            if h is None or h.gen != msg.gen or h.waiters:
+                why = RuntimeError(f"generation {msg.gen} of shard {msg.sid} is not hosted here")
+                msg.outcome = (HandoffReply(actor.incarnation, ItemFailure.capture(0, why)), None)
+            else:
+                actor.handing.append((msg, h))  # other shards run while it snapshots
             return
         msg.replies = [None] * len(msg.wires)
         msg.left = len(msg.wires)
@@ -582,6 +824,25 @@ class LedgerModel(RuleBasedStateMachine):
             del h.recent[min(h.recent)]
         self.resolve(a, msg, i, reply)
 
+    def actor_handoff(self, a: int, i: int) -> None:
+        """The snapshot of a handoff is taken: the actor stops hosting the shard."""
+        actor = self.actors[a]
+        msg, h = actor.handing.pop(i)
+        inc = actor.incarnation
+        if self.STATEFUL and self.handoff_faults[msg.sid] > 0:
+            self.handoff_faults[msg.sid] -= 1
+            self.handoff_broken[msg.sid] = True
+            failure = ItemFailure.capture(0, RuntimeError("snapshot() broke"))
+            msg.outcome = (HandoffReply(inc, failure), None)  # it stays hosted here
+            return
+        if actor.hosted.get(msg.sid) is not h:
+            why = RuntimeError(f"shard {msg.sid} was placed anew during its handoff")
+            msg.outcome = (HandoffReply(inc, ItemFailure.capture(0, why)), None)
+            return
+        del actor.hosted[msg.sid]
+        blob = cloudpickle.dumps(list(h.state)) if self.STATEFUL else None
+        msg.outcome = (HandoffReply(inc, None, len(blob or b"")), StateRef(blob))
+
     def resolve(self, a: int, msg: RunMsg, i: int, reply: Any) -> None:
         assert msg.replies[i] is None
         msg.replies[i] = reply
@@ -614,17 +875,20 @@ class LedgerModel(RuleBasedStateMachine):
         actor = self.actors[a]
         self.kills += 1
         for msg in actor.mailbox:
-            if isinstance(msg, HostMsg):
+            if isinstance(msg, HostMsg | HandoffMsg):
                 msg.outcome = GONE
             else:
                 self.transit.append(Outcome(msg.call, None, GONE))
         for msg in actor.running:
             self.transit.append(Outcome(msg.call, None, GONE))
+        for hmsg, _ in actor.handing:
+            hmsg.outcome = GONE
         for f in self.fetches:
             if f.call.actor == a and f.replies is None:
                 f.replies = [None] * len(f.keys)  # the call fails: Core suppresses it
         actor.mailbox.clear()
         actor.running.clear()
+        actor.handing.clear()
         actor.hosted.clear()
         actor.incarnations += 1
 
@@ -666,7 +930,7 @@ class LedgerModel(RuleBasedStateMachine):
         seg = Segment(self, np.array(pos, dtype=np.int64), items, keys)
         self.flush(self.dispatch.enqueue(sid, seg))
 
-    @precondition(lambda self: self.started and self.PULL)
+    @precondition(lambda self: self.started and self.PULL and "pull" not in self.off)
     @rule(kinds=st.lists(st.integers(0, 24), min_size=1, max_size=6))
     def submit_keyless(self, kinds: list[int]) -> None:
         pos = self._new_items(kinds, -1, False)
@@ -698,7 +962,7 @@ class LedgerModel(RuleBasedStateMachine):
         """The core learns a call's outcome; any call's, in any order."""
         self.core_call_done(self.transit.pop(i % len(self.transit)))
 
-    @precondition(lambda self: self.started and self.handled)
+    @precondition(lambda self: self.started and self.handled and "again" not in self.off)
     @rule(i=PICK)
     def deliver_again(self, i: int) -> None:
         """A reply handled before comes again (a duplicate, possibly of an old generation)."""
@@ -714,10 +978,11 @@ class LedgerModel(RuleBasedStateMachine):
         busy = [i for i, p in enumerate(self.placing) if p]
         self.core_place_step(busy[a % len(busy)])
 
-    @precondition(lambda self: self.started and self.KILLS)
+    @precondition(lambda self: self.started and self.KILLS and "kill" not in self.off)
     @rule(a=PICK)
     def kill_actor(self, a: int) -> None:
-        self.kill(a % len(self.actors))
+        live = [x.index for x in self.actors if not x.retired]
+        self.kill(live[a % len(live)])
 
     @precondition(lambda self: self.started)
     @rule(a=PICK)
@@ -739,6 +1004,7 @@ class LedgerModel(RuleBasedStateMachine):
         lambda self: (
             self.started
             and self.CALL_FAULTS
+            and "call" not in self.off
             and any(isinstance(m, RunMsg) for x in self.actors for m in x.mailbox)
         )
     )
@@ -757,7 +1023,12 @@ class LedgerModel(RuleBasedStateMachine):
         self.transit.append(Outcome(msg.call, None, ACTOR_SIDE))
 
     @precondition(
-        lambda self: self.started and self.CALL_FAULTS and any(o.reply for o in self.transit)
+        lambda self: (
+            self.started
+            and self.CALL_FAULTS
+            and "call" not in self.off
+            and any(o.reply for o in self.transit)
+        )
     )
     @rule(i=PICK)
     def fail_call_driver_side(self, i: int) -> None:
@@ -786,11 +1057,97 @@ class LedgerModel(RuleBasedStateMachine):
         self.fetches.remove(f)
         self.core_fetch_done(f)
 
-    @precondition(lambda self: self.started and self.SNAP_FAULTS and not self.draining)
+    @precondition(
+        lambda self: (
+            self.started and self.SNAP_FAULTS and "snap" not in self.off and not self.draining
+        )
+    )
     @rule(s=PICK)
     def break_snapshot(self, s: int) -> None:
         """The next snapshot barrier of a shard fails."""
         self.snapshot_faults[s % self.n_shards] += 1
+
+    # --- migration rules ---------------------------------------------------------------------
+
+    @precondition(lambda self: self.started and self.MIGRATION and "move" not in self.off)
+    @rule(shard=PICK, to=PICK, new=st.booleans())
+    def start_move(self, shard: int, to: int, new: bool) -> None:
+        """``Core.migrate`` of one shard, to another actor, a new one if ``new`` (``scale``)."""
+        sid = shard % self.n_shards
+        if sid in self.moves:
+            return  # (its scale is still going on)
+        src = self.ledger.books[sid].actor
+        if new and len(self.actors) < MAX_ACTORS:
+            dst = self.core_add_actor()
+        else:
+            others = [a for a in self.dispatch.active() if a != src and a not in self.retiring]
+            if not others:
+                return
+            dst = others[to % len(others)]
+        self.ledger.start_move(sid)
+        self.moves[sid] = Move(sid, dst)
+
+    @precondition(lambda self: self.started and self.MIGRATION and "move" not in self.off)
+    @rule(a=PICK, to=PICK)
+    def scale_in(self, a: int, to: int) -> None:
+        """``Core.rescale``: every shard of an actor moves to the others, then it is retired
+        (once all those moves ended)."""
+        active = [x for x in self.dispatch.active() if x not in self.retiring]
+        bound = {m.dst for m in self.moves.values()}  # (Pool.scale: one scale at a time)
+        sources = [x for x in active if x not in bound]
+        if len(active) < 2 or not sources:
+            return
+        src = sources[a % len(sources)]
+        others = [x for x in active if x != src]
+        for i, sid in enumerate(self.dispatch.actors[src].shards):
+            if sid not in self.moves:
+                self.ledger.start_move(sid)
+                self.moves[sid] = Move(sid, others[(to + i) % len(others)])
+        self.retiring[src] = set(self.dispatch.actors[src].shards)
+        self.retire_when_moved()
+
+    def retire_when_moved(self) -> None:
+        for a, sids in list(self.retiring.items()):
+            if not sids & self.moves.keys():
+                del self.retiring[a]
+                self.core_retire(a)
+
+    @precondition(lambda self: self.started and self.moves)
+    @rule(i=PICK)
+    def move(self, i: int) -> None:
+        moves = list(self.moves.values())
+        self.core_move_step(moves[i % len(moves)])
+
+    @precondition(lambda self: self.started and any(x.handing for x in self.actors))
+    @rule(a=PICK, i=PICK)
+    def hand_off(self, a: int, i: int) -> None:
+        busy = [x for x in self.actors if x.handing]
+        actor = busy[a % len(busy)]
+        self.actor_handoff(actor.index, i % len(actor.handing))
+
+    @precondition(
+        lambda self: (
+            self.started and self.HANDOFF_FAULTS and self.STATEFUL and "handoff" not in self.off
+        )
+    )
+    @rule(s=PICK)
+    def break_handoff(self, s: int) -> None:
+        """The next handoff of a shard fails in its ``snapshot()``."""
+        self.handoff_faults[s % self.n_shards] += 1
+
+    def retirable(self) -> list[int]:
+        """The actors a scale-in may stop: every shard moved away, none moving there."""
+        active = self.dispatch.active()
+        if len(active) < 2:
+            return []
+        bound = {m.dst for m in self.moves.values()} | self.retiring.keys()
+        return [a for a in active if not self.dispatch.actors[a].shards and a not in bound]
+
+    @precondition(lambda self: self.started and self.MIGRATION and self.retirable())
+    @rule(a=PICK)
+    def retire(self, a: int) -> None:
+        idle = self.retirable()
+        self.core_retire(idle[a % len(idle)])
 
     # --- invariants -----------------------------------------------------------------------
 
@@ -814,7 +1171,9 @@ class LedgerModel(RuleBasedStateMachine):
             if book.failed is not None:
                 assert not (book.inflight or book.outbox or book.log)
                 # Its queued items end when its actor's placing loop gets a reply.
-                assert not dispatch.queued[sid] or self.placing[book.actor]
+                assert not dispatch.queued[sid] or self.placing[book.actor], (
+                    f"failed shard {sid}: queued items no placing loop will end"
+                )
                 continue
             if not book.placed:
                 assert self.placing[book.actor], f"shard {sid} unplaced, nobody placing it"
@@ -832,11 +1191,36 @@ class LedgerModel(RuleBasedStateMachine):
             assert len(book.log) <= self.log_bound(), (sid, len(book.log), self.log_bound())
             assert not self.STATEFUL or self.CKPT is not None or not book.log
         assert dispatch.pull_queued == sum(len(s) for s in dispatch.pull)
+        # Every shard on the slot of its actor (and only there), its load counted there.
+        owner: dict[int, int] = {}
+        for slot in dispatch.actors:
+            for s in slot.shards:
+                assert s not in owner, f"shard {s} on actors {owner[s]} and {slot.index}"
+                owner[s] = slot.index
+            assert slot.ready <= set(slot.shards), (slot.index, slot.ready, slot.shards)
+        assert owner == {sid: b.actor for sid, b in enumerate(ledger.books)}, owner
+        for sid in range(self.n_shards):
+            left = sum(1 for p in self.items_of[sid] if p not in self.results)
+            assert dispatch.unfinished[sid] == left, (sid, dispatch.unfinished[sid], left)
         for a, slot in enumerate(dispatch.actors):
             assert slot.inflight == len(self.calls[a]) <= self.max_inflight
-            assert slot.outstanding >= 0, (a, slot.outstanding)
+            assert slot.outstanding == sum(dispatch.unfinished[s] for s in slot.shards), a
             assert slot.alone == any(c.alone for c in self.calls[a])
             assert not slot.alone or slot.inflight == 1
+            if slot.retired:
+                actor = self.actors[a]
+                assert slot.failed and not slot.shards and not self.calls[a]
+                assert actor.retired and not (actor.hosted or actor.mailbox or actor.running)
+            else:
+                assert not self.actors[a].retired
+        # Migration holds the new batches of exactly the shards it is moving (a failed one
+        # is let go by its mover's next turn).
+        held = {m.sid for m in self.moves.values() if not m.switched}
+        for sid, book in enumerate(ledger.books):
+            if book.moving:
+                assert sid in held, f"shard {sid} held, but no move of it is going on"
+            elif sid in held:
+                assert book.failed is not None, f"shard {sid} moving, but not held"
         if states:
             self.check_states(final=False)
 
@@ -893,6 +1277,8 @@ class LedgerModel(RuleBasedStateMachine):
             elif any(x.ready() for x in self.actors):
                 actor = next(x for x in self.actors if x.ready())
                 self.actor_run(actor.index, actor.ready()[0])
+            elif any(x.handing for x in self.actors):
+                self.actor_handoff(next(x.index for x in self.actors if x.handing), 0)
             elif any(self.placing):
                 a = self.placing.index(True)
                 self.core_place_step(a)
@@ -901,12 +1287,17 @@ class LedgerModel(RuleBasedStateMachine):
                 for a in range(len(self.actors)):
                     self.core_kick(a)
                     self.watchdog(a)  # an idle death is found by the health check
-                if self.sends == before and not any(self.placing):
+                for mv in list(self.moves.values()):
+                    self.core_move_step(mv)  # (a move must end: quiet comes, handoffs end)
+                if self.sends == before and not any(self.placing) and not self.moves:
                     break
             self.check(states=False)  # (the states are checked once, at the end)
         else:
             raise AssertionError("no quiescence")
         self.check_states(final=True)
+        assert not self.moves, f"moves never ended: {sorted(self.moves)}"
+        for sid, mv in self.last_move.items():
+            assert self.ledger.books[sid].actor == mv.dst, (sid, mv)
         missing = [p for p in range(len(self.kinds)) if p not in self.results]
         assert not missing, f"items never ended: {missing}"
         for sid, book in enumerate(self.ledger.books):
@@ -946,6 +1337,7 @@ class PoisonModel(LedgerModel):
     KILLS = False
     CALL_FAULTS = False
     SNAP_FAULTS = False
+    HANDOFF_FAULTS = False
     MAX_POISON = 3
 
 
@@ -971,3 +1363,97 @@ TestPoisonLedger = PoisonModel.TestCase
 TestPoisonLedger.settings = _SETTINGS
 TestStatelessPoisonLedger = StatelessPoisonModel.TestCase
 TestStatelessPoisonLedger.settings = _SETTINGS
+
+
+# --- the known gaps of migration in the core, replayed (shrunk by hand from the machines) ---
+
+Steps = list[tuple[str, dict[str, Any]]]
+_PLACE_BOTH: Steps = [  # 2 actors, shards 0 and 2 on actor 0, 1 and 3 on actor 1
+    ("start", {"n_actors": 2, "n_shards": 4, "max_batch": 1, "max_inflight": 1, "shift": 0}),
+    ("place", {"a": 0}),  # actor 0's placing loop: health check, host requests
+    ("place", {"a": 1}),
+    ("accept", {"a": 0}),
+    ("accept", {"a": 1}),
+    ("place", {"a": 0}),  # the reply: actor 0's incarnation known, its shards placed
+    ("place", {"a": 0}),  # its loop ends
+    ("place", {"a": 0}),  # (the only one left placing: actor 1)
+    ("place", {"a": 0}),
+]
+
+
+class GapModel(LedgerModel):
+    AVOID_CORE_GAPS = False
+
+
+class NoCheckpointGapModel(NoCheckpointModel):
+    AVOID_CORE_GAPS = False
+
+
+def _replay(machine: type[LedgerModel], steps: Steps) -> None:
+    """Run ``steps`` (rule, arguments) on ``machine``, checked after each, then drain."""
+    m = machine()
+    for name, kwargs in steps:
+        getattr(m, name)(**kwargs)
+        m.check()
+    m.teardown()
+
+
+def test_found_handoff_reply_from_an_older_process() -> None:
+    """Found by the model: ``Core._move`` handed the incarnation of a handoff's reply to
+    ``Core.confirm``; once the core knew a newer process than that one, the live newer one
+    was taken for dead. The process the handoff was sent to is the one lost now."""
+    steps: Steps = [
+        *_PLACE_BOTH[:1],
+        ("place", {"a": 0}),
+        ("accept", {"a": 0}),
+        ("place", {"a": 0}),  # actor 0 known as "0.0", shards 0 and 2 placed
+        ("start_move", {"shard": 0, "to": 0, "new": False}),  # shard 0 to actor 1
+        ("kill_actor", {"a": 0}),  # "0.0" dies idle (not seen yet); "0.1" runs
+        ("move", {"i": 0}),  # quiet, "0.0" known: handoff sent (to "0.1")
+        ("accept", {"a": 0}),  # "0.1" hosts nothing: fails, answering as "0.1"
+        ("kill_actor", {"a": 0}),  # "0.1" dies too; "0.2" runs
+        ("place", {"a": 0}),  # actor 0's placing loop ends (it was placed)
+        ("watchdog", {"a": 0}),  # the death of "0.0" is seen: re-placed on "0.2"
+        ("place", {"a": 0}),
+        ("accept", {"a": 0}),
+        ("place", {"a": 0}),  # "0.2" known, alive
+        ("move", {"i": 0}),  # the reply of "0.1": "0.0" is lost (a no-op), "0.2" lives
+    ]
+    _replay(GapModel, steps)
+
+
+def test_found_failed_shard_moved_with_its_queue() -> None:
+    """Found by the model: a moving shard failed with its actor's death
+    (``checkpoint_every=None``) while its held items were queued; ``Core._move`` switched it
+    with them to the new actor's slot, where nothing ended them (``wait`` hung). The switch
+    of a failed shard now ends its queued items."""
+    steps: Steps = [
+        *_PLACE_BOTH,
+        ("submit", {"shard": 0, "kinds": [5], "as_array": False, "keyed": True}),
+        ("kick", {"a": 0}),  # sent: shard 0 is dirty
+        ("start_move", {"shard": 0, "to": 0, "new": False}),  # shard 0 to actor 1
+        ("submit", {"shard": 0, "kinds": [5], "as_array": False, "keyed": True}),  # held
+        ("kill_actor", {"a": 0}),
+        ("watchdog", {"a": 0}),  # the death is seen: shard 0 fails (ActorLostError)
+        ("move", {"i": 0}),  # switched, held item and all, before actor 0 is placed
+    ]
+    _replay(NoCheckpointGapModel, steps)
+
+
+def test_retire_voids_the_calls_in_flight() -> None:
+    """A retired actor may still have calls in flight whose batches were superseded (a
+    re-placed generation answered them again) after its shards moved away: ``Core.retire``
+    voids them, so ``Dispatch.retire`` must not count them as in flight for good."""
+    ledger = Ledger([0, 1], stateful=False, checkpoint_every=None)
+    dispatch = Dispatch(ledger, [[0], [1]], max_batch=1, max_inflight=2)
+    for sid in (0, 1):
+        ledger.placed(sid, 0)
+    dispatch.enqueue(0, Segment(None, np.arange(1), [7], None))
+    calls, _ = dispatch.next_calls(0, 0.0)
+    assert len(calls) == 1 and dispatch.actors[0].inflight == 1
+    ledger.books[0].inflight.clear()  # superseded (its generation was re-planned)
+    ledger.books[0].actor = 1
+    dispatch.move_shard(0, 0, 1)
+    dispatch.retire(0)
+    slot = dispatch.actors[0]
+    assert slot.retired and slot.inflight == 0 and not slot.alone

@@ -930,12 +930,18 @@ class Core:
                     return {**record, "moved": False, "pause_s": time.monotonic() - t0}
                 if book.failed is not None:
                     # Nothing to hand over: the failed shard follows the placement (its
-                    # items keep failing at once with its error).
+                    # items keep failing at once with its error), and its held items end
+                    # now (the old actor's placing loop, which would end them, may be done).
                     self._switch(sid, src, dst)
-                    return {**record, "moved": True, "pause_s": 0.0, "state_bytes": 0}
-                inc = self._incarnation[src]
-                ready = self.ledger.quiet(sid) and inc is not None
-                gen = book.gen
+                    ended = self.dispatch.fail_queued([sid])
+                else:
+                    ended = None
+                    inc = self._incarnation[src]
+                    ready = self.ledger.quiet(sid) and inc is not None
+                    gen = book.gen
+            if ended is not None:
+                self._flush(ended)
+                return {**record, "moved": True, "pause_s": 0.0, "state_bytes": 0}
             if not ready:
                 await asyncio.sleep(0.002)
                 continue
@@ -949,7 +955,12 @@ class Core:
                 await asyncio.sleep(0.05)  # the watchdog finds the death; then try again
                 continue
             if status.incarnation != inc:
-                self.confirm(src, status.incarnation)  # a restarted process: recover, retry
+                # Another process answered: the one the handoff was sent to is gone (a no-op
+                # if that death was handled already). Recover, then try again.
+                lost: list[Delivery] = []
+                with self._lock:
+                    self._lost(src, inc, RuntimeError("the actor was restarted"), lost)
+                self._flush(lost)
                 continue
             if status.failure is not None:
                 with self._lock:
@@ -1110,15 +1121,20 @@ class Core:
             failed = {sid: b.failed for sid, b in enumerate(books) if b.failed is not None}
             return [b.gen for b in books], failed
 
-    def confirm(self, a: int, incarnation: str) -> bool:
-        """True if ``incarnation`` is the process hosting actor ``a``'s shards; if not, the
-        one we knew has died (an idle death the watchdog has not seen yet): recover it."""
+    def incarnation(self, a: int) -> str | None:
+        """The process known to host actor ``a``'s shards (``None``: being placed)."""
+        return self._incarnation[a]
+
+    def confirm(self, a: int, incarnation: str, asked: str | None) -> bool:
+        """True if ``incarnation``, which answered a call sent while ``asked`` was known to
+        host actor ``a``'s shards, is that process and still known. If another process
+        answered, ``asked`` has died (an idle death the watchdog has not seen yet): recover
+        it (nothing happens if that death was handled already)."""
         out: list[Delivery] = []
         with self._lock:
-            known = self._incarnation[a]
-            if incarnation == known:
-                return True
-            self._lost(a, known, RuntimeError("the actor was restarted"), out)
+            if incarnation == asked:
+                return asked == self._incarnation[a]
+            self._lost(a, asked, RuntimeError("the actor was restarted"), out)
         self._flush(out)
         return False
 

@@ -278,6 +278,9 @@ class Dispatch:
         slot.retired = True
         slot.failed = True
         slot.ready.clear()
+        # Its calls still in flight (superseded batches only) are void: none is counted off.
+        slot.inflight = 0
+        slot.alone = False
 
     def active(self) -> list[int]:
         """The actors that are part of the pool (not retired), failed ones included."""

@@ -874,12 +874,14 @@ class ShardPool:
             if failed:
                 raise failed[min(failed)]
             try:
-                live = self._live_handles()
-                replies = ray.get([ask(h) for _, h in live], timeout=left())
+                live = [(a, h, core.incarnation(a)) for a, h in self._live_handles()]
+                replies = ray.get([ask(h) for _, h, _ in live], timeout=left())
             except (RayActorError, ActorUnavailableError):
                 time.sleep(0.05)  # died (or retired) meanwhile: look again
                 continue
-            fresh = all(core.confirm(a, r[0]) for (a, _), r in zip(live, replies, strict=True))
+            fresh = all(
+                core.confirm(a, r[0], asked) for (a, _, asked), r in zip(live, replies, strict=True)
+            )
             hosted = {
                 sid: (g if isinstance(g, int) else g[0]) for r in replies for sid, g in r[1].items()
             }
