@@ -12,7 +12,8 @@ actors (the baseline, measured in the same run). Bars: no 250 ms window below 50
 pre-scale rate; 1.6x within 3 s. A PNG of throughput over time (100 ms bins, scale events
 marked) is written next to this file, in ``results/scaling.png``; the last line is JSON.
 
-Run: ``python benchmarks/scaling.py`` (about a minute on 2 cores).
+Run: ``python benchmarks/scaling.py`` (about a minute on 2 cores; the plot needs matplotlib,
+in the ``dev`` and ``plot`` extras).
 """
 
 from __future__ import annotations
