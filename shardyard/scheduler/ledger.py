@@ -587,6 +587,7 @@ class Ledger:
         book.log = {}
         book.pending = None
         book.barrier_out = False
+        book.snapshot_failures = 0  # the handoff was a snapshot that succeeded
         book.dirty = False
         return True
 
