@@ -914,7 +914,12 @@ class Core:
         with self._lock:
             for sid in moves:
                 self.ledger.start_move(sid)
-        return list(await asyncio.gather(*(self._move(sid, dst) for sid, dst in moves.items())))
+        records = await asyncio.gather(*(self._move(sid, dst) for sid, dst in moves.items()))
+        # Once for the whole migration: keyless balancing may route to a moving shard meanwhile
+        # (any shard is a valid target; only the load hint is stale).
+        with self._lock:
+            self.partitioner.set_placement(self.placement_array(), self.dispatch.active())
+        return list(records)
 
     async def _move(self, sid: int, dst: int) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -1026,7 +1031,6 @@ class Core:
         book.actor = dst
         book.moving = False
         self.dispatch.move_shard(sid, src, dst)
-        self.partitioner.set_placement(self.placement_array(), self.dispatch.active())
 
     def placement_array(self) -> np.ndarray:
         return np.array([b.actor for b in self.ledger.books], dtype=np.int64)
