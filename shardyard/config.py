@@ -273,6 +273,8 @@ class ClusterConfig(_ConfigBase):
         include_dashboard: start Ray's dashboard with the embedded local Ray.
         namespace: Ray namespace for shardyard's actors.
         log_to_driver: forward actor stdout/stderr to the driver.
+        connect_timeout_s: how long each check of a cluster address may take (is anything
+            listening, does it accept this process's token) before a clear error.
     """
 
     address: str | None = None
@@ -280,3 +282,4 @@ class ClusterConfig(_ConfigBase):
     include_dashboard: bool = False
     namespace: str | None = None
     log_to_driver: bool = True
+    connect_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)

@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "ActorLostError",
+    "ClusterConnectionError",
     "ConfigError",
     "InputError",
     "PoisonItemError",
@@ -219,3 +220,31 @@ class ShardFailedError(ShardyardError, RuntimeError):
 
 class StartTimeoutError(ShardyardError, TimeoutError):
     """Raised when a pool's actors could not all start (be scheduled and set up) in time."""
+
+
+class ClusterConnectionError(ShardyardError, ConnectionError):
+    """Raised when :func:`shardyard.connect` cannot join the cluster it was pointed at.
+
+    Raised within seconds, before Ray's own connection loop starts, with what to do next.
+
+    Attributes:
+        address: the address that was tried.
+        reason: ``"unreachable"`` (nothing answers there), ``"token_missing"`` (the cluster
+            wants Ray's auth token and this process has none), ``"token_rejected"`` (the
+            token this process has is not the cluster's), or ``"mismatch"`` (Ray is already
+            connected to a different cluster in this process).
+
+    Example:
+        >>> err = ClusterConnectionError("10.0.0.5:6379", "unreachable", "no answer")
+        >>> err.reason, isinstance(err, ConnectionError)
+        ('unreachable', True)
+    """
+
+    def __init__(self, address: str, reason: str, message: str) -> None:
+        self.address = address
+        self.reason = reason
+        self.message = message
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ClusterConnectionError, (self.address, self.reason, self.message))

@@ -53,7 +53,7 @@ def ray_cluster(request: pytest.FixtureRequest, _ray_session: None) -> Iterator[
     """A multi-node Ray cluster on this machine; ``request.param`` = CPUs per node."""
     from ray.cluster_utils import Cluster
 
-    from shardyard.cluster import _loopback_node_ip
+    from shardyard.cluster.connection import _loopback_node_ip
 
     cpus = getattr(request, "param", [1, 1])
     shardyard.disconnect()

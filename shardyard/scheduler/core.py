@@ -135,6 +135,8 @@ class Core:
         self._health_interval = health_interval_s
         self._restart_timeout = restart_timeout_s
         self._lock = threading.RLock()  # guards everything below; see the module docstring
+        # Ray Client (ray://) calls back from its data thread and needs it for ref.future().
+        self._ray_client = ray.util.client.ray.is_connected()
         self.ledger = Ledger(
             placement.tolist(),
             stateful=stateful,
@@ -437,8 +439,16 @@ class Core:
             return
         call = _Call(a, batches, ref, self._incarnation[a], alone)
         self._calls[a].add(call)
+        if self._ray_client:
+            # Under Ray Client, ref.future() waits for Client's data thread, which may be
+            # waiting for this lock in a done-callback: register from the loop, unlocked.
+            self._loop.call_soon_threadsafe(self._watch_call, call)
+            return
         # Handled on Ray's completion-callback thread (see the module docstring).
         ref.future().add_done_callback(partial(self._on_call_future, call))
+
+    def _watch_call(self, call: _Call) -> None:
+        call.ref.future().add_done_callback(partial(self._on_call_future, call))
 
     def _unsendable(
         self, a: int, batches: list[Batch], exc: Exception, alone: bool

@@ -4,10 +4,18 @@
   this process, on node IP 127.0.0.1, dashboard off, quiet logs, and Ray's token
   authentication left as Ray 2.60 sets it (on).
 * ``connect("auto")``: joins the cluster started on this machine with ``ray start``.
-* ``connect("ray://host:10001")``: Ray Client; ``connect("host:6379")``: a GCS address.
+* ``connect("host:6379")``: a GCS address; ``connect("ray://host:10001")``: Ray Client.
 * ``RAY_ADDRESS`` in the environment is honoured when no address is given.
 
-If Ray is already initialised (by the user or an earlier call), it is reused as it is.
+Before Ray's own connection loop (which retries for tens of seconds and then raises a
+bare ``ConnectionError``), the address is checked in about a second: nothing listening,
+no token, or the wrong token each end in one :class:`~shardyard.errors.ClusterConnectionError`
+that says which, and what to do. The token comes from Ray's own settings
+(:mod:`shardyard.cluster.auth`): with a token at hand and ``RAY_AUTH_MODE`` unset, token
+mode is turned on for this process.
+
+If Ray is already initialised (by the user or an earlier call), it is reused as it is;
+naming a different cluster then is an error, not a silent reuse.
 
 Example:
     >>> import shardyard
@@ -28,7 +36,10 @@ from typing import Any
 
 import ray
 
+from shardyard.cluster.auth import use_token_if_found
+from shardyard.cluster.preflight import check_address, split_host_port
 from shardyard.config import ClusterConfig
+from shardyard.errors import ClusterConnectionError
 
 __all__ = ["ClusterInfo", "connect", "disconnect"]
 
@@ -36,6 +47,7 @@ _LOOPBACK = "127.0.0.1"
 _started_here = False  # whether shardyard started the Ray it is connected to
 _connect_lock = threading.Lock()  # one ray.init per process, whichever thread asks first
 _owner_release: threading.Event | None = None  # set to end the thread that started Ray
+_target: str | None = None  # the address connect() joined (None: embedded or the user's)
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,7 @@ def _info(embedded: bool) -> ClusterInfo:
     try:
         address = ctx.gcs_address
     except Exception:  # Ray Client has no GCS address on the client side
-        address = os.environ.get("RAY_ADDRESS", "ray-client")
+        address = _target or os.environ.get("RAY_ADDRESS", "ray-client")
     try:
         node_ip = ray.util.get_node_ip_address()
     except Exception:
@@ -95,6 +107,11 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
     Returns:
         A :class:`ClusterInfo` describing the connection.
 
+    Raises:
+        ClusterConnectionError: within seconds, when nothing answers at the address, the
+            cluster wants a token this process lacks or refuses the one it has, or Ray in
+            this process is already connected to a different cluster.
+
     Example:
         >>> info = connect()                 # doctest: +SKIP
         >>> info.embedded                    # doctest: +SKIP
@@ -105,10 +122,13 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
 
 
 def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
-    global _started_here
+    global _started_here, _target
+    wanted = address or cfg.address
     if ray.is_initialized():
+        if wanted is not None and wanted != "local":
+            _check_same_cluster(wanted)
         return _info(_started_here)
-    target = address or cfg.address or os.environ.get("RAY_ADDRESS") or "local"
+    target = wanted or os.environ.get("RAY_ADDRESS") or "local"
     common: dict[str, Any] = {
         "namespace": cfg.namespace,
         "log_to_driver": cfg.log_to_driver,
@@ -139,9 +159,96 @@ def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
                 os.environ["RAY_ADDRESS"] = saved_env
         _started_here = True
         return _info(True)
-    ray.init(address=target, **common)
+    use_token_if_found()
+    resolved = _resolve(target)
+    check_address(resolved, cfg.connect_timeout_s)
+    try:
+        ray.init(address=target, **common)
+    except ConnectionError as exc:  # checked a moment ago: say so, with Ray's reason
+        raise ClusterConnectionError(
+            target, "unreachable", f"Ray could not join the cluster at {target}: {exc}"
+        ) from exc
     _started_here = False
+    _target = resolved
     return _info(False)
+
+
+def _resolve(target: str) -> str:
+    """``"auto"`` as the GCS address of the cluster started on this machine."""
+    if target != "auto":
+        return target
+    from ray._private import services
+
+    try:
+        found = services.canonicalize_bootstrap_address("auto")
+    except ConnectionError as exc:
+        raise ClusterConnectionError(
+            "auto",
+            "unreachable",
+            f"connect('auto') found no Ray cluster started on this machine ({exc}); start one "
+            "with `shardyard cluster up` or `ray start --head`, or name its address",
+        ) from None
+    if not found:
+        raise ClusterConnectionError(
+            "auto", "unreachable", "connect('auto') found no Ray cluster on this machine"
+        )
+    return str(found)
+
+
+def _check_same_cluster(wanted: str) -> None:
+    """Refuse to reuse this process's Ray when ``wanted`` names another cluster."""
+    try:
+        current = _target or ray.get_runtime_context().gcs_address
+    except Exception:
+        return  # a Ray Client session shardyard did not open: nothing to compare with
+    try:
+        wanted_addr = _resolve(wanted)
+    except ClusterConnectionError:
+        wanted_addr = wanted
+    if _same_cluster(current, wanted_addr):
+        return
+    raise ClusterConnectionError(
+        wanted,
+        "mismatch",
+        f"this process is already connected to the Ray cluster at {current}, not {wanted}: "
+        "call shardyard.disconnect() first (pools on the current cluster stop working), "
+        "or leave the address out to use the current cluster",
+    )
+
+
+def _same_cluster(a: str, b: str) -> bool:
+    """Whether two addresses name the same cluster (a ``ray://`` and a GCS address of
+    one head count as the same; hosts compare by address, this machine's names as one)."""
+    client_a, client_b = a.startswith("ray://"), b.startswith("ray://")
+    host_a, port_a = split_host_port(a, 10001 if client_a else 6379)
+    host_b, port_b = split_host_port(b, 10001 if client_b else 6379)
+    if client_a == client_b and port_a != port_b:
+        return False
+    return bool(_host_ips(host_a) & _host_ips(host_b))
+
+
+def _host_ips(host: str) -> set[str]:
+    import ipaddress
+    import socket
+
+    try:
+        ips = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return {host}
+    if any(ipaddress.ip_address(ip.split("%")[0]).is_loopback for ip in ips) or ips & _local_ips():
+        return {"this-machine"}
+    return ips
+
+
+def _local_ips() -> set[str]:
+    import psutil
+
+    return {
+        addr.address.split("%")[0]
+        for addrs in psutil.net_if_addrs().values()
+        for addr in addrs
+        if addr.family.name in ("AF_INET", "AF_INET6")
+    }
 
 
 def _start_on_owner_thread(start: Callable[[], None]) -> None:
@@ -180,11 +287,12 @@ def disconnect() -> None:
     Example:
         >>> disconnect()                     # doctest: +SKIP
     """
-    global _started_here, _owner_release
+    global _started_here, _owner_release, _target
     with _connect_lock:
         if ray.is_initialized():
             ray.shutdown()
         _started_here = False
+        _target = None
         if _owner_release is not None:
             _owner_release.set()  # Ray's daemons are gone: the owner thread may end
             _owner_release = None
