@@ -5,6 +5,10 @@ parser); each parser sets ``func`` to the function that runs it and returns the 
 
 * ``shardyard demo``: analyse this interpreter's standard library on shard actors, compare
   with a serial run in the driver, print the speedup (see :mod:`shardyard.demo`).
+* ``shardyard cluster up|status|env|down``: a Ray cluster of several nodes on this machine,
+  with its own token (see :mod:`shardyard.cluster.local`).
+* ``shardyard submit SCRIPT [ARGS...]``: run a script as a Ray Job, following its logs; its
+  exit status becomes this command's (see :mod:`shardyard.cluster.jobs`).
 
 Example:
     >>> from shardyard.cli import build_parser
@@ -132,8 +136,167 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 1 if report.match is False else 0
 
 
+def _add_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="start, inspect and stop a Ray cluster of several nodes on this machine",
+        description=(
+            "A Ray head and worker nodes on this machine as separate `ray start` processes, "
+            "guarded by a token generated for this cluster. `up` prints to stdout only lines "
+            'a shell can eval: eval "$(shardyard cluster up --workers 2)".'
+        ),
+    )
+    p.add_argument(
+        "--dir",
+        default=None,
+        help="the cluster's folder: state, token, logs "
+        "(default: $SHARDYARD_CLUSTER_DIR or ~/.shardyard/cluster)",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    up = actions.add_parser("up", help="start a head and N worker nodes")
+    up.add_argument("--workers", type=_non_negative, default=2, help="worker nodes (default: 2)")
+    up.add_argument(
+        "--cpus-per-node", type=_positive, default=1, help="CPUs of each worker (default: 1)"
+    )
+    up.add_argument(
+        "--head-cpus", type=_non_negative, default=None, help="CPUs of the head (default: same)"
+    )
+    up.add_argument("--port", type=_positive, default=None, help="GCS port (default: 6379 if free)")
+    up.add_argument(
+        "--client-port", type=_positive, default=None, help="Ray Client port (default: 10001)"
+    )
+    up.add_argument(
+        "--dashboard-port", type=_positive, default=None, help="dashboard port (default: 8265)"
+    )
+    up.add_argument("--node-ip", default=None, help="the address nodes register with")
+    up.add_argument(
+        "--worker-resources",
+        type=_resources,
+        default=None,
+        help="custom resources of each worker, as JSON: '{\"ingest\": 4}'",
+    )
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to start (default: 90)")
+    actions.add_parser("status", help="nodes, CPUs and what runs")
+    actions.add_parser("env", help="print the export lines again (for eval)")
+    actions.add_parser("down", help="stop exactly the processes `up` started")
+    p.set_defaults(func=_run_cluster)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _resources(text: str) -> dict[str, float]:
+    import json
+
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError
+        return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f'expected a JSON object of numbers like {{"ingest": 4}}, got {text!r}'
+        ) from None
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    from shardyard.cluster.local import ClusterDownError, LocalCluster
+
+    try:
+        if args.action == "up":
+            cluster = LocalCluster.up(
+                workers=args.workers,
+                cpus_per_node=args.cpus_per_node,
+                head_cpus=args.head_cpus,
+                folder=args.dir,
+                port=args.port,
+                client_port=args.client_port,
+                dashboard_port=args.dashboard_port,
+                node_ip=args.node_ip,
+                worker_resources=args.worker_resources,
+                timeout_s=args.timeout,
+            )
+            print(cluster.instructions(), file=sys.stderr, flush=True)
+            print(cluster.exports(), flush=True)
+            return 0
+        cluster = LocalCluster.load(args.dir)
+        if args.action == "env":
+            print(cluster.exports(), flush=True)
+        elif args.action == "status":
+            print(cluster.status(), flush=True)
+            return 0 if cluster.head_alive() else 1
+        else:
+            stopped = cluster.down()
+            print(
+                f"shardyard: stopped {len(stopped)} processes of the cluster at {cluster.address}",
+                file=sys.stderr,
+            )
+        return 0
+    except ClusterDownError as exc:
+        print(f"shardyard cluster {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="run a script as a Ray Job, follow its logs, exit with its status",
+        description=(
+            "Upload the working folder, run `python SCRIPT ARGS...` as a Ray Job, print its "
+            "output as it comes, and exit with the script's exit status. The Jobs API "
+            "address and the token come from --address / RAY_API_SERVER_ADDRESS and Ray's "
+            'token settings (eval "$(shardyard cluster env)" sets all of them).'
+        ),
+    )
+    p.add_argument("script", help="the Python script to run")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    p.add_argument("--address", default=None, help="Jobs API URL, e.g. http://HEAD:8265")
+    p.add_argument(
+        "--working-dir", default=None, help="folder to upload (default: the script's folder)"
+    )
+    p.add_argument("--pip", action="append", default=None, help="a package for the job's env")
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="return once accepted")
+    p.add_argument("--timeout", type=float, default=None, help="stop the job after this long")
+    p.set_defaults(func=_run_submit)
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    from shardyard.cluster.jobs import submit_job
+    from shardyard.errors import ClusterConnectionError
+
+    script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    try:
+        report = submit_job(
+            args.script,
+            script_args,
+            address=args.address,
+            working_dir=args.working_dir,
+            pip=args.pip,
+            wait=args.wait,
+            timeout_s=args.timeout,
+        )
+    except (ClusterConnectionError, TimeoutError) as exc:
+        print(f"shardyard submit: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"shardyard submit: job {report.job_id} {report.status} (exit status "
+        f"{report.exit_code}){': ' + report.message if report.message else ''}",
+        file=sys.stderr,
+    )
+    return report.exit_code
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "demo": _add_demo,
+    "cluster": _add_cluster,
+    "submit": _add_submit,
 }
 
 
