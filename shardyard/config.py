@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
 __all__ = [
@@ -208,7 +208,17 @@ class PoolConfig(_ConfigBase):
             shard's ``setup``) may take, also when it starts lazily on first use.
         num_cpus_per_actor: Ray CPU reservation per actor (``None``: Ray's default for
             actors, which reserves no CPU while running).
-        spread: place actors with Ray's ``SPREAD`` strategy across nodes.
+        spread: give each actor a node: the one hosting the fewest of the pool's actors
+            among the alive nodes its resources fit (Ray's node affinity, soft: after its
+            node is lost, Ray restarts it elsewhere). ``False`` leaves it to Ray's default
+            scheduler, which tends to pack actors onto few nodes.
+        resources_per_actor: custom Ray resources each actor reserves, to pin a pool to
+            the nodes that offer them (``ray start --resources '{"ingest": 4}'``), e.g.
+            ``{"ingest": 1}``.
+        failover_after_s: how long an actor may stay unreachable (its node lost, or Ray
+            unable to restart it for want of resources) before its shards are restored on
+            the pool's other actors from their last snapshot and replayed; the actor is
+            then retired. ``None``: wait ``restart_timeout_s`` and fail its shards.
         autoscale: grow and shrink the pool with its backlog (``None``: a fixed size,
             changed only by ``ShardPool.scale``).
     """
@@ -230,7 +240,22 @@ class PoolConfig(_ConfigBase):
     restart_timeout_s: float = Field(default=60.0, gt=0.0)
     start_timeout_s: float = Field(default=120.0, gt=0.0)
     num_cpus_per_actor: float | None = Field(default=None, ge=0.0)
-    spread: bool = False
+    spread: bool = True
+    resources_per_actor: dict[str, float] = Field(default_factory=dict)
+    failover_after_s: float | None = Field(default=10.0, gt=0.0)
+
+    @field_validator("resources_per_actor")
+    @classmethod
+    def _resources_are_amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if amount < 0:
+                raise ValueError(f"resources_per_actor[{name!r}] must be >= 0, got {amount}")
+            if name in ("CPU", "GPU", "memory"):
+                raise ValueError(
+                    f"resources_per_actor cannot name {name!r}: use num_cpus_per_actor for CPUs"
+                )
+        return value
+
     autoscale: AutoscaleConfig | None = None
 
     @model_validator(mode="after")

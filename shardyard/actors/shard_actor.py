@@ -283,6 +283,7 @@ class ShardActor:
             "incarnation": self._incarnation,
             "pid": os.getpid(),
             "node_id": ctx.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
             "uptime_s": time.time() - self._started,
             "shards": {
                 sid: {

@@ -124,6 +124,7 @@ class Core:
         submit_sink: FutureSink,
         health_interval_s: float = 1.0,
         restart_timeout_s: float = 60.0,
+        failover_after_s: float | None = 10.0,
         max_snapshot_failures: int = 3,
         actor_resources: dict[str, float] | None = None,
     ) -> None:
@@ -134,6 +135,9 @@ class Core:
         self._submit_sink = submit_sink
         self._health_interval = health_interval_s
         self._restart_timeout = restart_timeout_s
+        self._failover_after = failover_after_s
+        self._checkpoint_every = checkpoint_every if stateful else None
+        self._unreachable_since: dict[int, float] = {}  # actor -> first failed health check
         self._lock = threading.RLock()  # guards everything below; see the module docstring
         # Ray Client (ray://) calls back from its data thread and needs it for ref.future().
         self._ray_client = ray.util.client.ray.is_connected()
@@ -691,8 +695,10 @@ class Core:
         handle = self._handles[a]
         slot = self.dispatch.actors[a]
         talked_to: str | None = None  # the process our last host request went to
-        # Reset whenever the actor answers: how long it may stay unreachable.
+        # Reset whenever the actor answers: how long it may stay unreachable before its
+        # shards move to the other actors (failover), and before they fail (none left).
         deadline = time.monotonic() + self._restart_timeout
+        failover_at = self._failover_deadline()
         while True:
             with self._lock:
                 if self._closing or slot.failed:
@@ -703,21 +709,27 @@ class Core:
             try:
                 inc = await asyncio.wait_for(
                     _await_ref(handle.health.remote()),
-                    max(0.01, deadline - time.monotonic()),
+                    max(0.01, min(deadline, failover_at) - time.monotonic()),
                 )
-            except asyncio.TimeoutError:
-                self._give_up_now(a, self._unreachable(a))
-                return
-            except ActorUnavailableError:
-                if time.monotonic() > deadline:
+            except (asyncio.TimeoutError, ActorUnavailableError) as exc:
+                now = time.monotonic()
+                if now >= failover_at:
+                    if self._failover(a, "it did not come back"):
+                        return
+                    failover_at = self._failover_deadline()  # nobody to take them: later
+                if now > deadline:
                     self._give_up_now(a, self._unreachable(a))
                     return
-                await asyncio.sleep(0.05)  # coming back
+                if isinstance(exc, ActorUnavailableError):
+                    await asyncio.sleep(0.05)  # coming back
                 continue
             except _ACTOR_GONE as exc:
+                if self._failover(a, f"it is gone for good ({exc})"):
+                    return
                 self._give_up_now(a, ActorLostError(f"actor {a} is gone for good: {exc}"))
                 return
             deadline = time.monotonic() + self._restart_timeout
+            failover_at = self._failover_deadline()
             out: list[Delivery] = []
             with self._lock:
                 known = self._incarnation[a]
@@ -811,6 +823,75 @@ class Core:
                 out += self.dispatch.fail_queued([req.shard_id])
         self._flush(out)
 
+    def _failover_deadline(self) -> float:
+        if self._failover_after is None:
+            return float("inf")
+        return time.monotonic() + self._failover_after
+
+    def _failover(self, a: int, why: str) -> bool:
+        """Actor ``a`` cannot be reached: restore its shards on the pool's other actors
+        (each from its last snapshot, replaying the batches after it) and retire ``a``.
+
+        The shards go, one by one, to the surviving actor hosting the fewest shards. A
+        process of ``a`` that comes back later is killed; its late replies are void (their
+        generations are over).
+
+        Returns:
+            False when no other actor is left to take them (nothing changes).
+        """
+        out: list[Delivery] = []
+        with self._lock:
+            slot = self.dispatch.actors[a]
+            survivors = [
+                b for b in self.dispatch.active() if b != a and not self.dispatch.actors[b].failed
+            ]
+            if not survivors or self._closing or slot.failed:
+                return False
+            inc = self._incarnation[a]
+            if inc is not None:  # not yet handled as a death: void its calls, re-plan
+                self._incarnation[a] = None
+                for call in self._calls[a]:
+                    call.done = True
+                self._calls[a].clear()
+                self.dispatch.actor_lost(a)
+                delivered, _ = self.ledger.lose_actor(slot.shards)
+                out += delivered
+            counts = {b: len(self.dispatch.actors[b].shards) for b in survivors}
+            moved = list(slot.shards)
+            targets: set[int] = set()
+            for sid in moved:
+                dst = min(survivors, key=lambda b: (counts[b], b))
+                counts[dst] += 1
+                self._switch(sid, a, dst)
+                targets.add(dst)
+                self.history.append(
+                    {
+                        "time": time.time(),
+                        "shard_id": sid,
+                        "from_actor": a,
+                        "to_actor": dst,
+                        "pause_s": 0.0,
+                        "state_bytes": 0,
+                        "reason": "failover",
+                    }
+                )
+            self.dispatch.retire(a)
+            self._unreachable_since.pop(a, None)
+            self.partitioner.set_placement(self.placement_array(), self.dispatch.active())
+            for b in targets:
+                self._place_later(b)
+        log.warning(
+            "shardyard: actor %d is unreachable (%s): its shards %s are restored on actors "
+            "%s from their last snapshots, and it is retired",
+            a,
+            why,
+            moved,
+            sorted(targets),
+        )
+        self._flush(out)
+        self._loop.call_soon_threadsafe(kill_quietly, self._handles[a])
+        return True
+
     def _unreachable(self, a: int) -> ActorLostError:
         need = ", ".join(f"{k}: {v:g}" for k, v in self._actor_resources.items()) or "CPU: 0"
         return ActorLostError(
@@ -842,11 +923,20 @@ class Core:
                 try:
                     now = await asyncio.wait_for(_await_ref(ref), 5 * self._health_interval)
                 except (asyncio.TimeoutError, ActorUnavailableError):
-                    continue  # busy, or coming back: look again next round
+                    # Busy, or coming back: look again next round; unreachable for longer
+                    # than failover_after_s (a partition Ray has not ruled on): fail over.
+                    since = self._unreachable_since.setdefault(a, time.monotonic())
+                    if (
+                        self._failover_after is not None
+                        and time.monotonic() - since >= self._failover_after
+                    ):
+                        self._failover(a, "its health checks went unanswered")
+                    continue
                 except _ACTOR_GONE as exc:
                     now, cause = None, exc
                 else:
                     cause = RuntimeError("the actor was restarted (found by the health check)")
+                self._unreachable_since.pop(a, None)
                 if now == inc:
                     continue
                 out: list[Delivery] = []
@@ -1004,6 +1094,8 @@ class Core:
                 continue  # the old actor died after the handoff: it is re-placed there
             record["state_bytes"] = status.state_bytes
             self._place_later(dst)
+            if self._checkpoint_every is not None and book.snapshot is state_ref:
+                self._spawn(self._keep_state(sid, state_ref))
             while True:
                 with self._lock:
                     if book.placed or book.failed is not None or self._closing:
@@ -1022,6 +1114,22 @@ class Core:
                     }
                 )
             return {**record, "moved": True, "pause_s": pause}
+
+    async def _keep_state(self, sid: int, ref: Any) -> None:
+        """Copy a handed-off state into the driver, where barrier snapshots live too.
+
+        Until then the shard's committed snapshot is an object on the old actor's node
+        (and, once fetched, the new one's): losing that node would lose it. Off the
+        critical path: the new actor loads the state straight from the object store. Only
+        with snapshots on (``checkpoint_every``), which go through the driver anyway; with
+        them off, the handed-off state is dropped at the shard's first batch.
+        """
+        with contextlib.suppress(Exception):
+            data = await ref
+            with self._lock:
+                book = self.ledger.books[sid]
+                if book.snapshot is ref:
+                    book.snapshot = data
 
     async def rescale(self, moves: dict[int, int], retire: list[int]) -> list[dict[str, Any]]:
         """:meth:`migrate` ``moves``, then :meth:`retire` the actors they emptied.

@@ -45,6 +45,7 @@ from shardyard.errors import (
 from shardyard.scheduler.autoscale import Autoscaler
 from shardyard.scheduler.core import Core, kill_quietly
 from shardyard.scheduler.futures import ShardFuture
+from shardyard.scheduler.nodes import actor_demand, affinity, choose_nodes, fitting_nodes
 from shardyard.scheduler.partition import Partitioner
 from shardyard.scheduler.scaling import check_scale, plan_scale
 from shardyard.scheduler.segments import Segment, take
@@ -153,6 +154,7 @@ class ShardPool:
         self._actors: list[Any] = []  # Ray actor handles, index = actor index
         self._placement: np.ndarray | None = None  # shard id -> actor index at start
         self._actor_cls: Any = None  # the remote ShardActor class (to start more actors)
+        self._actor_node: dict[int, str] = {}  # actor index -> the node it was started on
         self._scale_lock = threading.Lock()  # one scale at a time
         self._scaling: concurrent.futures.Future[Any] | None = None  # the scale under way
         self._autoscaler: Autoscaler | None = None
@@ -221,10 +223,13 @@ class ShardPool:
         options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
         if cfg.num_cpus_per_actor is not None:
             options["num_cpus"] = cfg.num_cpus_per_actor
-        if cfg.spread:
-            options["scheduling_strategy"] = "SPREAD"
-        actor_cls = remote_shard_actor(**options)
-        actors = [actor_cls.remote(self._handler, self._batched, i) for i in range(num_actors)]
+        if cfg.resources_per_actor:
+            options["resources"] = dict(cfg.resources_per_actor)
+            # Pinned by custom resources: they alone decide how many actors a node holds
+            # (Ray would otherwise hold a CPU per actor it places that way).
+            options.setdefault("num_cpus", 0)
+        self._actor_cls = remote_shard_actor(**options)
+        actors = self._new_actors(list(range(num_actors)))
         core: Core | None = None
         try:
             _wait_scheduled(actors, deadline, cfg.num_cpus_per_actor)
@@ -242,6 +247,7 @@ class ShardPool:
                 submit_sink=submit_sink,
                 health_interval_s=cfg.health_check_interval_s,
                 restart_timeout_s=cfg.restart_timeout_s,
+                failover_after_s=cfg.failover_after_s,
                 max_snapshot_failures=cfg.max_snapshot_failures,
                 actor_resources={"CPU": cfg.num_cpus_per_actor} if cfg.num_cpus_per_actor else {},
             )
@@ -261,7 +267,6 @@ class ShardPool:
                 kill_quietly(actor)
             raise
         self._actors = actors
-        self._actor_cls = actor_cls
         self._placement = placement
         self._submit_sink = submit_sink
         if cfg.autoscale is not None:
@@ -397,7 +402,7 @@ class ShardPool:
     def _start_actors(self, core: Core, indices: list[int], timeout: float | None) -> None:
         limit = self.config.start_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
-        handles = [self._actor_cls.remote(self._handler, self._batched, i) for i in indices]
+        handles = self._new_actors(indices, core.active())
         try:
             _wait_scheduled(handles, deadline, self.config.num_cpus_per_actor)
             added = core.call(core.add_actors(handles), max(0.1, deadline - time.monotonic()))
@@ -413,6 +418,25 @@ class ShardPool:
                 kill_quietly(h)
             raise
         assert added == indices, (added, indices)
+
+    def _new_actors(self, indices: list[int], others: list[int] | None = None) -> list[Any]:
+        """Start actors ``indices``: each on the node that hosts the fewest of this pool's
+        ``others`` (see :mod:`shardyard.scheduler.nodes`), unless ``spread`` is off."""
+        cfg = self.config
+        demand = actor_demand(cfg.num_cpus_per_actor, cfg.resources_per_actor)
+        candidates = fitting_nodes(demand, ray.nodes())
+        if not cfg.spread or not candidates:
+            return [self._actor_cls.remote(self._handler, self._batched, i) for i in indices]
+        taken: dict[str, int] = {}
+        for a in others or []:
+            if a in self._actor_node:
+                taken[self._actor_node[a]] = taken.get(self._actor_node[a], 0) + 1
+        handles = []
+        for i, node in zip(indices, choose_nodes(len(indices), candidates, taken), strict=True):
+            self._actor_node[i] = node
+            cls = self._actor_cls.options(scheduling_strategy=affinity(node))
+            handles.append(cls.remote(self._handler, self._batched, i))
+        return handles
 
     def shard_of(self, keys: Any) -> np.ndarray:
         """The shard id of each key, as the pool routes them."""
@@ -939,6 +963,7 @@ class ShardPool:
                     actor=a["actor"],
                     pid=r["pid"] if r else None,
                     node_id=r["node_id"] if r else None,
+                    node_ip=r["node_ip"] if r else None,
                     shards=a["shards"],
                     in_flight_calls=a["in_flight_calls"],
                     outstanding=a["outstanding"],

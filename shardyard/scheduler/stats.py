@@ -55,6 +55,7 @@ class ActorStats(BaseModel):
         actor: its index in the pool.
         pid: its process id (``None`` if it did not answer).
         node_id: the Ray node it runs on.
+        node_ip: that node's address.
         shards: the shards it hosts.
         in_flight_calls: Ray calls awaiting its reply.
         outstanding: items queued for it or in flight.
@@ -70,6 +71,7 @@ class ActorStats(BaseModel):
     actor: int
     pid: int | None
     node_id: str | None
+    node_ip: str | None = None
     shards: list[int]
     in_flight_calls: int
     outstanding: int
@@ -79,7 +81,7 @@ class ActorStats(BaseModel):
 
 
 class PlacementChange(BaseModel):
-    """One shard moved from one actor to another (a scale-out or scale-in).
+    """One shard moved from one actor to another (a scale, or a failover).
 
     Attributes:
         time: when the new actor hosted it (seconds since the epoch).
@@ -88,7 +90,10 @@ class PlacementChange(BaseModel):
         to_actor: the actor it went to.
         pause_s: how long its new items were held (from the start of the move until the
             new actor hosted it).
-        state_bytes: the size of the state that went with it (0 for a stateless shard).
+        state_bytes: the size of the state that went with it (0 for a stateless shard, or
+            a failover, which restores from the last snapshot the driver holds).
+        reason: ``"scale"`` (handed off by a live actor) or ``"failover"`` (its actor was
+            unreachable for ``failover_after_s``: restored elsewhere from its snapshot).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -99,6 +104,7 @@ class PlacementChange(BaseModel):
     to_actor: int
     pause_s: float
     state_bytes: int = 0
+    reason: str = "scale"
 
 
 class ScaleReport(BaseModel):
