@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from shardyard.config import ClusterConfig
 from shardyard.errors import ClusterConnectionError
 
 __all__ = ["ClusterInfo", "connect", "disconnect"]
+
+log = logging.getLogger(__name__)
 
 _LOOPBACK = "127.0.0.1"
 _started_here = False  # whether shardyard started the Ray it is connected to
@@ -163,7 +166,7 @@ def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
     resolved = _resolve(target)
     check_address(resolved, cfg.connect_timeout_s)
     try:
-        ray.init(address=target, **common)
+        _init_remote(target, common)
     except ConnectionError as exc:  # checked a moment ago: say so, with Ray's reason
         raise ClusterConnectionError(
             target, "unreachable", f"Ray could not join the cluster at {target}: {exc}"
@@ -171,6 +174,21 @@ def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
     _started_here = False
     _target = resolved
     return _info(False)
+
+
+def _init_remote(target: str, common: dict[str, Any]) -> None:
+    """``ray.init`` an existing cluster; under Ray Client, retried twice when the server
+    failed to start this client's session (Ray 2.60's proxier can trip over its own
+    session process exiting at start: ``ZombieProcess`` in ``start_specific_server``)."""
+    for attempt in range(3):
+        try:
+            ray.init(address=target, **common)
+            return
+        except ConnectionAbortedError as exc:
+            if not target.startswith("ray://") or attempt == 2:
+                raise
+            log.warning("shardyard: the Ray Client server did not start a session (%s); again", exc)
+            time.sleep(1.0)
 
 
 def _resolve(target: str) -> str:

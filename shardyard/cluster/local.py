@@ -392,7 +392,7 @@ class LocalCluster:
         Each ``ray start --block`` gets SIGTERM (it stops its own node's processes); what
         still runs after ``grace_s`` (of the recorded processes and their children) gets
         SIGKILL. Workers go first, the head last. The token file, the state file and
-        Ray's session folder are removed; the node logs stay.
+        Ray's session folder are removed; the node logs and Ray's logs (``ray-logs``) stay.
 
         Returns:
             The PIDs that were still running and were stopped.
@@ -414,6 +414,10 @@ class LocalCluster:
         for name in (STATE_FILE, TOKEN_FILE):
             (Path(self.folder) / name).unlink(missing_ok=True)
         if self.temp_dir and Path(self.temp_dir).name.startswith("sy-ray-"):
+            # Ray's own logs (raylet, gcs_server, workers) stay, in the cluster's folder.
+            for logs in Path(self.temp_dir).glob("session_2*/logs"):
+                with contextlib.suppress(OSError):
+                    shutil.copytree(logs, Path(self.folder) / "ray-logs", dirs_exist_ok=True)
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         return stopped
 
