@@ -14,6 +14,7 @@ from shardyard.cluster import ClusterInfo, connect, disconnect
 from shardyard.config import AutoscaleConfig, ClusterConfig, PoolConfig
 from shardyard.errors import (
     ActorLostError,
+    ClusterConnectionError,
     ConfigError,
     InputError,
     PoisonItemError,
@@ -44,6 +45,7 @@ __all__ = [
     "ActorStats",
     "AutoscaleConfig",
     "ClusterConfig",
+    "ClusterConnectionError",
     "ClusterInfo",
     "ConfigError",
     "InputError",

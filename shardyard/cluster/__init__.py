@@ -16,5 +16,15 @@ Example:
 """
 
 from shardyard.cluster.connection import ClusterInfo, connect, disconnect
+from shardyard.cluster.jobs import JobReport, submit_job
+from shardyard.cluster.local import ClusterDownError, LocalCluster
 
-__all__ = ["ClusterInfo", "connect", "disconnect"]
+__all__ = [
+    "ClusterDownError",
+    "ClusterInfo",
+    "JobReport",
+    "LocalCluster",
+    "connect",
+    "disconnect",
+    "submit_job",
+]
