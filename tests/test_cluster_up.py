@@ -267,6 +267,27 @@ def test_a_script_submitted_as_a_ray_job_reports_logs_and_exit_status(
     assert "FAILED (exit status 3)" in done.stderr
 
 
+def test_what_listens_where(cluster: dict[str, Any]) -> None:
+    c: LocalCluster = cluster["cluster"]
+    listening: set[tuple[str, str, int]] = set()
+    for node in c.nodes:
+        root = psutil.Process(node.pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                for conn in p.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        listening.add((p.name(), conn.laddr.ip, conn.laddr.port))
+            except psutil.Error:
+                continue
+    for name, ip, port in sorted(listening, key=lambda e: (e[2], e[0])):
+        print(f"{port:>6}  {ip:<22} {name}")
+    dashboard_port = int(c.dashboard.rsplit(":", 1)[1])
+    gcs_port = int(c.address.rsplit(":", 1)[1])
+    dashboard = {ip for _, ip, port in listening if port == dashboard_port}
+    assert dashboard == {"127.0.0.1"}  # the Jobs API: this machine only
+    assert any(port == gcs_port for _, _, port in listening)  # the GCS, behind the token
+
+
 def test_a_worker_node_killed_mid_run_loses_and_doubles_nothing(
     cluster: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -175,7 +175,7 @@ class LocalCluster:
                     f"--dashboard-port={_port_of(cluster.dashboard)}",
                     # The Jobs API runs jobs through the head's agent: a taken port would
                     # leave it without one ("No available agent to submit job").
-                    f"--dashboard-agent-listen-port={_free_port(52365)}",
+                    f"--dashboard-agent-listen-port={_free_port(0)}",
                     f"--temp-dir={cluster.temp_dir}",
                 ],
                 ip,
@@ -188,7 +188,14 @@ class LocalCluster:
                 worker = cluster._start_node(
                     f"worker-{i}",
                     cpus_per_node,
-                    [f"--address={cluster.address}", "--dashboard-agent-listen-port=0", *extra],
+                    [
+                        f"--address={cluster.address}",
+                        # Its own port: 0 means Ray's default (52365), which the first node
+                        # to get there takes, and a node's agent without one disables
+                        # itself (the head's: the Jobs API has no agent to run jobs).
+                        f"--dashboard-agent-listen-port={_free_port(0)}",
+                        *extra,
+                    ],
                     ip,
                 )
                 cluster._wait_started([worker], deadline)
