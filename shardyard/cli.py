@@ -271,7 +271,7 @@ def _run_submit(args: argparse.Namespace) -> int:
     from shardyard.cluster.jobs import submit_job
     from shardyard.errors import ClusterConnectionError
 
-    script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    script_args = list(args.args)  # argparse already dropped a leading "--"
     try:
         report = submit_job(
             args.script,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import ray
@@ -76,8 +77,29 @@ def test_parser_defaults_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["demo"])
     assert (args.strategy, args.batch_size, args.baseline, args.json) == ("jump", 8, True, False)
     assert args.actors is None and args.shards is None and args.limit is None
-    assert set(COMMANDS) == {"demo"}
+    assert set(COMMANDS) == {"demo", "cluster", "submit"}
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
     assert "demo" in capsys.readouterr().out
+
+
+def test_cluster_subcommands_parse() -> None:
+    args = build_parser().parse_args(
+        ["cluster", "--dir", "/x", "up", "--workers", "0", "--worker-resources", '{"ingest": 4}']
+    )
+    assert (args.dir, args.action, args.workers) == ("/x", "up", 0)
+    assert args.worker_resources == {"ingest": 4.0}
+    sub = build_parser().parse_args(["submit", "job.py", "--", "--n", "3"])
+    assert (sub.script, sub.args) == ("job.py", ["--n", "3"])
+
+
+def test_cluster_bad_resources_and_no_cluster_are_clear(
+    capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["cluster", "up", "--worker-resources", "[1, 2]"])
+    assert "expected a JSON object of numbers" in capsys.readouterr().err
+    assert main(["cluster", "--dir", str(tmp_path), "status"]) == 1
+    assert "no cluster is up from" in capsys.readouterr().err
+    assert main(["cluster", "--dir", str(tmp_path), "down"]) == 1
