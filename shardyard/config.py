@@ -215,10 +215,12 @@ class PoolConfig(_ConfigBase):
         resources_per_actor: custom Ray resources each actor reserves, to pin a pool to
             the nodes that offer them (``ray start --resources '{"ingest": 4}'``), e.g.
             ``{"ingest": 1}``.
-        failover_after_s: how long an actor may stay unreachable (its node lost, or Ray
-            unable to restart it for want of resources) before its shards are restored on
-            the pool's other actors from their last snapshot and replayed; the actor is
-            then retired. ``None``: wait ``restart_timeout_s`` and fail its shards.
+        failover_after_s: how long a dead actor may stay down (its node lost and no room to
+            restart it elsewhere: Ray lists it as restarting or pending) before its shards
+            are restored on the pool's other actors from their last snapshot and replayed;
+            the actor is then retired. At least 1 s (a restart on a live node takes about
+            that). A live actor that is merely slow to answer is never failed over. ``None``:
+            wait ``restart_timeout_s`` and fail its shards.
         autoscale: grow and shrink the pool with its backlog (``None``: a fixed size,
             changed only by ``ShardPool.scale``).
     """
@@ -242,7 +244,7 @@ class PoolConfig(_ConfigBase):
     num_cpus_per_actor: float | None = Field(default=None, ge=0.0)
     spread: bool = True
     resources_per_actor: dict[str, float] = Field(default_factory=dict)
-    failover_after_s: float | None = Field(default=10.0, gt=0.0)
+    failover_after_s: float | None = Field(default=10.0, ge=1.0)
 
     @field_validator("resources_per_actor")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import operator
 import os
@@ -183,3 +184,69 @@ def test_a_pool_pinned_by_a_custom_resource_runs_only_on_those_nodes(ray_cluster
 def test_a_resource_no_node_offers_is_a_clear_error(ray_cluster: Any) -> None:
     with pytest.raises(ConfigError, match=r"no alive node .* offers the resource.*'gpu-a100'"):
         ShardPool(abs, num_actors=1, resources_per_actor={"gpu-a100": 1}).start()
+
+
+class SlowHandoff(Shard):
+    """Counts per key; its snapshot takes a while when a marker file exists (a slow move)."""
+
+    marker = ""
+
+    def setup(self, shard_id: int) -> None:
+        self.counts: Counter[int] = Counter()
+
+    def process_item(self, x: int) -> int:
+        self.counts[x % 100] += 1
+        return self.counts[x % 100]
+
+    def snapshot(self) -> Any:
+        if self.marker and os.path.exists(self.marker):
+            time.sleep(6)
+        return dict(self.counts)
+
+    def restore(self, state: Any) -> None:
+        self.counts = Counter(state)
+
+    def result(self) -> Counter[int]:
+        return self.counts
+
+
+@pytest.mark.parametrize("ray_cluster", [[1, 1, 1]], indirect=True)
+def test_a_failover_during_a_scale_in_never_lands_on_the_retiring_actor(
+    ray_cluster: Any, tmp_path: Any
+) -> None:
+    # One actor per node, no room anywhere: a lost actor fails over. scale(2) retires the
+    # newest actor (2) with slow handoffs; meanwhile actor 0's or 1's node dies. Its shards
+    # must go to the other one, not to actor 2 that the scale is emptying.
+    handler = type("SlowHandoffHere", (SlowHandoff,), {"marker": str(tmp_path / "slow")})
+    items = list(range(3_000))
+    with ShardPool(
+        handler, num_actors=3, num_shards=6, num_cpus_per_actor=1, failover_after_s=1.0
+    ) as pool:
+        keys = [x % 100 for x in items]  # routed and counted by the same key
+        first = pool.map(items, keys=keys)
+        actors = {a.actor: a for a in pool.stats().actors}
+        # The victim: actor 0 or 1 (not 2, which the scale retires), on a worker node.
+        victim = next(a for a in (0, 1) if _worker_node_of(ray_cluster, actors[a].node_id))
+        heir = 1 - victim
+        (tmp_path / "slow").touch()
+        scaling = concurrent.futures.ThreadPoolExecutor(1).submit(pool.scale, 2)
+        time.sleep(1.0)  # the scale is waiting on a slow handoff now
+        _lose_node(ray_cluster, actors[victim])
+        report = scaling.result(timeout=120)
+        (tmp_path / "slow").unlink()
+        second = pool.map(items, keys=keys)
+        total = pool.reduce(operator.add)
+        stats = pool.stats()
+        again = pool.scale(1)
+    assert report.retired_actors == [2]
+    failovers = [c for c in stats.placement_history if c.reason == "failover"]
+    assert failovers and {c.to_actor for c in failovers} == {heir}
+    assert [a.actor for a in stats.actors] == [heir]
+    assert total == Counter(x % 100 for x in items + items)
+    serial: Counter[int] = Counter()
+    expected = []
+    for x in items + items:
+        serial[x % 100] += 1
+        expected.append(serial[x % 100])
+    assert first + second == expected  # nothing lost, doubled or reordered
+    assert again.num_actors == 1

@@ -151,36 +151,28 @@ class LocalCluster:
                 )
             running.down()  # the remains of one whose head died: clear them
         ip = node_ip or services.get_node_ip_address()
-        gcs_port = port or _free_port(6379)
-        cluster = cls(
-            folder=str(root.resolve()),
-            address=f"{ip}:{gcs_port}",
-            client_address=f"ray://{ip}:{client_port or _free_port(10001)}",
-            dashboard=f"http://127.0.0.1:{dashboard_port or _free_port(8265)}",
-            token_path=write_token_file(root / TOKEN_FILE),
-            temp_dir=tempfile.mkdtemp(prefix="sy-ray-"),
-            nodes=[],
-        )
         deadline = time.monotonic() + timeout_s
-        try:
-            head = cluster._start_node(
-                "head",
-                head_cpus if head_cpus is not None else cpus_per_node,
-                [
-                    "--head",
-                    f"--port={gcs_port}",
-                    f"--ray-client-server-port={_port_of(cluster.client_address)}",
-                    "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={_port_of(cluster.dashboard)}",
-                    # The Jobs API runs jobs through the head's agent: a taken port would
-                    # leave it without one ("No available agent to submit job").
-                    f"--dashboard-agent-listen-port={_free_port(0)}",
-                    f"--temp-dir={cluster.temp_dir}",
-                ],
-                ip,
+        for attempt in range(3):
+            # Free ports are chosen here and bound by Ray a moment later: another Ray on
+            # this machine may take one in between. Then the head starts again, on others.
+            cluster = cls(
+                folder=str(root.resolve()),
+                address=f"{ip}:{port or _free_port(6379)}",
+                client_address=f"ray://{ip}:{client_port or _free_port(10001)}",
+                dashboard=f"http://127.0.0.1:{dashboard_port or _free_port(8265)}",
+                token_path=write_token_file(root / TOKEN_FILE),
+                temp_dir=tempfile.mkdtemp(prefix="sy-ray-"),
+                nodes=[],
             )
-            cluster._wait_started([head], deadline)
+            try:
+                cluster._start_head(head_cpus if head_cpus is not None else cpus_per_node, ip)
+                cluster._wait_started(cluster.nodes[:1], deadline)
+                break
+            except BaseException as exc:
+                cluster.down()
+                if attempt == 2 or not _port_taken(str(exc)):
+                    raise
+        try:
             extra = ["--resources", json.dumps(worker_resources)] if worker_resources else []
             for i in range(workers):
                 # One at a time: nodes of one machine starting together race for the
@@ -204,6 +196,26 @@ class LocalCluster:
             cluster.down()
             raise
         return cluster
+
+    def _start_head(self, cpus: int, ip: str) -> NodeProcess:
+        return self._start_node(
+            "head",
+            cpus,
+            [
+                "--head",
+                f"--port={_port_of(self.address)}",
+                f"--ray-client-server-port={_port_of(self.client_address)}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={_port_of(self.dashboard)}",
+                # The Jobs API runs jobs through the head's agent: a taken port would leave
+                # it without one ("No available agent to submit job"). Not Ray's default
+                # 52365, which any other Ray on this machine tries first.
+                f"--dashboard-agent-listen-port={_free_port(0)}",
+                f"--temp-dir={self.temp_dir}",
+            ],
+            ip,
+        )
 
     def _env(self) -> dict[str, str]:
         """The environment of every process of this cluster: its token, nothing else's."""
@@ -498,6 +510,10 @@ def _free_port(preferred: int) -> int:
                 continue
             return int(s.getsockname()[1])
     raise ClusterDownError("no free TCP port")  # pragma: no cover
+
+
+def _port_taken(text: str) -> bool:
+    return any(m in text for m in ("already occupied", "already in use", "Address in use"))
 
 
 def _port_of(url: str) -> int:

@@ -61,6 +61,14 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
         address: ``"host:port"`` of a GCS, or ``"ray://host:port"`` of a Ray Client server.
         timeout_s: the deadline of each of the two steps.
     """
+    if "://" in address and not address.startswith("ray://"):
+        raise ClusterConnectionError(
+            address,
+            "unreachable",
+            f"{address} is not a Ray cluster address: give the GCS address (host:6379, "
+            "RAY_ADDRESS) or a Ray Client address (ray://host:10001); an http:// address is "
+            "the dashboard's, for `shardyard submit --address` and `ray job submit`",
+        )
     client = address.startswith("ray://")
     host, port = split_host_port(address, 10001 if client else 6379)
     _check_tcp(address, host, port, timeout_s)

@@ -137,7 +137,7 @@ class Core:
         self._restart_timeout = restart_timeout_s
         self._failover_after = failover_after_s
         self._checkpoint_every = checkpoint_every if stateful else None
-        self._unreachable_since: dict[int, float] = {}  # actor -> first failed health check
+        self._retiring: set[int] = set()  # actors a scale-in is emptying: no failover target
         self._lock = threading.RLock()  # guards everything below; see the module docstring
         # Ray Client (ray://) calls back from its data thread and needs it for ref.future().
         self._ray_client = ray.util.client.ray.is_connected()
@@ -714,9 +714,12 @@ class Core:
             except (asyncio.TimeoutError, ActorUnavailableError) as exc:
                 now = time.monotonic()
                 if now >= failover_at:
-                    if self._failover(a, "it did not come back"):
+                    # Ray's word decides: restarting or pending (no room) -> fail over; alive
+                    # but slow to answer (busy restoring) -> keep waiting, up to the deadline.
+                    alive = await asyncio.to_thread(_ray_says_alive, handle)
+                    if not alive and self._failover(a, "Ray could not bring it back"):
                         return
-                    failover_at = self._failover_deadline()  # nobody to take them: later
+                    failover_at = self._failover_deadline()  # alive, or no one to take over
                 if now > deadline:
                     self._give_up_now(a, self._unreachable(a))
                     return
@@ -842,9 +845,14 @@ class Core:
         out: list[Delivery] = []
         with self._lock:
             slot = self.dispatch.actors[a]
-            survivors = [
-                b for b in self.dispatch.active() if b != a and not self.dispatch.actors[b].failed
+            candidates = [
+                b
+                for b in self.dispatch.active()
+                if b != a and not self.dispatch.actors[b].failed and b not in self._retiring
             ]
+            # Those answering now first (others may be down too: they would take it over
+            # only to lose it again).
+            survivors = [b for b in candidates if self._incarnation[b] is not None] or candidates
             if not survivors or self._closing or slot.failed:
                 return False
             inc = self._incarnation[a]
@@ -876,7 +884,6 @@ class Core:
                     }
                 )
             self.dispatch.retire(a)
-            self._unreachable_since.pop(a, None)
             self.partitioner.set_placement(self.placement_array(), self.dispatch.active())
             for b in targets:
                 self._place_later(b)
@@ -923,20 +930,14 @@ class Core:
                 try:
                     now = await asyncio.wait_for(_await_ref(ref), 5 * self._health_interval)
                 except (asyncio.TimeoutError, ActorUnavailableError):
-                    # Busy, or coming back: look again next round; unreachable for longer
-                    # than failover_after_s (a partition Ray has not ruled on): fail over.
-                    since = self._unreachable_since.setdefault(a, time.monotonic())
-                    if (
-                        self._failover_after is not None
-                        and time.monotonic() - since >= self._failover_after
-                    ):
-                        self._failover(a, "its health checks went unanswered")
+                    # Busy (a handler holding the GIL), or coming back: look again next
+                    # round. Whether it died is Ray's call (its node health checks), never
+                    # a slow answer's: a live actor is not failed over.
                     continue
                 except _ACTOR_GONE as exc:
                     now, cause = None, exc
                 else:
                     cause = RuntimeError("the actor was restarted (found by the health check)")
-                self._unreachable_since.pop(a, None)
                 if now == inc:
                     continue
                 out: list[Delivery] = []
@@ -1137,10 +1138,16 @@ class Core:
         Raises:
             PoolClosedError: the pool closed before the moves were done (nothing retired).
         """
-        records = await self.migrate(moves)
-        if self._closing:
-            raise PoolClosedError("the pool was closed during the scale")
-        self.retire(retire)
+        with self._lock:
+            self._retiring.update(retire)
+        try:
+            records = await self.migrate(moves)
+            if self._closing:
+                raise PoolClosedError("the pool was closed during the scale")
+            self.retire(retire)
+        finally:
+            with self._lock:
+                self._retiring.difference_update(retire)
         return records
 
     def _switch(self, sid: int, src: int, dst: int) -> None:
@@ -1160,6 +1167,13 @@ class Core:
             for a in actors:
                 slot = self.dispatch.actors[a]
                 if slot.retired:
+                    continue
+                if slot.shards:  # took shards over meanwhile (a failover): it stays
+                    log.warning(
+                        "shardyard: actor %d hosts shards %s again; it is not retired",
+                        a,
+                        slot.shards,
+                    )
                     continue
                 self.dispatch.retire(a)
                 self._incarnation[a] = None
@@ -1301,6 +1315,18 @@ class Core:
                 ],
                 "history": [dict(h) for h in self.history],
             }
+
+
+def _ray_says_alive(handle: Any) -> bool | None:
+    """Whether Ray's GCS lists the actor as ``ALIVE`` (``None``: it cannot be asked, as
+    under Ray Client). Blocking: call it in a thread. Checked for Ray 2.60."""
+    try:
+        from ray._private.state import state
+
+        info = state.actor_table(handle._actor_id.hex())
+    except Exception:
+        return None
+    return bool(info) and info.get("State") == "ALIVE"
 
 
 async def _await_ref(ref: Any) -> Any:

@@ -358,8 +358,11 @@ class ShardPool:
         with self._scale_lock:
             try:
                 # A scale whose caller timed out goes on in the background: plan after it.
+                # Its own failure was its caller's to see (as TimeoutError): not this one's.
                 if self._scaling is not None:
-                    self._scaling.result(left())
+                    concurrent.futures.wait([self._scaling], left())
+                    if not self._scaling.done():
+                        raise concurrent.futures.TimeoutError
                     self._scaling = None
                 if self._closed:
                     raise PoolClosedError("this ShardPool is closed")
@@ -383,6 +386,9 @@ class ShardPool:
                 if self._closed:
                     raise PoolClosedError("the pool was closed during the scale") from exc
                 raise
+            finally:
+                if self._scaling is not None and self._scaling.done():
+                    self._scaling = None  # ended, also by an error: the next scale is free
         return ScaleReport(
             num_actors_before=len(active),
             num_actors=len(core.active()),
