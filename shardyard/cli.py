@@ -116,7 +116,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     owns_ray = not ray.is_initialized()
     try:
         if owns_ray:
-            shardyard.connect(args.address)
+            try:
+                shardyard.connect(args.address)
+            except shardyard.ClusterConnectionError as exc:
+                print(f"shardyard demo: {exc}", file=sys.stderr)
+                return 1
         report = run_demo(
             address=args.address,
             actors=args.actors,

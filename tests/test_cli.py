@@ -103,3 +103,18 @@ def test_cluster_bad_resources_and_no_cluster_are_clear(
     assert main(["cluster", "--dir", str(tmp_path), "status"]) == 1
     assert "no cluster is up from" in capsys.readouterr().err
     assert main(["cluster", "--dir", str(tmp_path), "down"]) == 1
+
+
+def test_demo_against_an_address_that_does_not_answer_is_one_clear_line() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shardyard", "demo", "--address", "127.0.0.1:1", "--limit", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("shardyard demo: nothing answers at 127.0.0.1:1")
+    assert "Traceback" not in done.stderr
