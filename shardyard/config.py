@@ -215,6 +215,11 @@ class PoolConfig(_ConfigBase):
         resources_per_actor: custom Ray resources each actor reserves, to pin a pool to
             the nodes that offer them (``ray start --resources '{"ingest": 4}'``), e.g.
             ``{"ingest": 1}``.
+        name: the pool's name: the key of its checkpoints in ``store``.
+        store: where ``checkpoint()`` keeps the shards' state, by URL: ``memory``,
+            ``file:///dir``, ``sqlite:///path.db``, ``postgresql+psycopg://...``,
+            ``mysql+pymysql://...`` (see :mod:`shardyard.state`). A pool with a ``name``
+            and a ``store`` starts from the newest complete checkpoint stored under its name.
         failover_after_s: how long a dead actor may stay down (its node lost and no room to
             restart it elsewhere: Ray lists it as restarting or pending) before its shards
             are restored on the pool's other actors from their last snapshot and replayed;
@@ -245,6 +250,8 @@ class PoolConfig(_ConfigBase):
     spread: bool = True
     resources_per_actor: dict[str, float] = Field(default_factory=dict)
     failover_after_s: float | None = Field(default=10.0, ge=1.0)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    store: str | None = None
 
     @field_validator("resources_per_actor")
     @classmethod
@@ -262,6 +269,10 @@ class PoolConfig(_ConfigBase):
 
     @model_validator(mode="after")
     def _shards_cover_actors(self) -> Self:
+        if self.store is not None and self.name is None:
+            raise ValueError(
+                "store needs name: checkpoints are kept under the pool's name (name='...')"
+            )
         auto = self.autoscale
         if auto is not None and self.num_shards is not None and self.num_shards < auto.max_actors:
             raise ValueError(

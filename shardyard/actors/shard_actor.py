@@ -248,6 +248,21 @@ class ShardActor:
             for sid, h in self._shards.items()
         }
 
+    async def snapshots(self) -> tuple[str, dict[int, tuple[int, bytes | ItemFailure]]]:
+        """The incarnation, and ``{shard_id: (generation, snapshot)}`` of every shard.
+
+        For a durable checkpoint (``ShardPool.checkpoint``). Runs on the work loop, between
+        batches, as :meth:`results` does, so a snapshot never sees half a batch. A stateless
+        shard's snapshot is ``b""``; a ``snapshot()`` that raises gives its failure instead.
+        """
+        out: dict[int, tuple[int, bytes | ItemFailure]] = {}
+        for sid, h in self._shards.items():
+            try:
+                out[sid] = (h.gen, _freeze(h.instance) or b"")
+            except Exception as exc:
+                out[sid] = (h.gen, ItemFailure.capture(0, exc))
+        return self._incarnation, out
+
     async def reduce_local(
         self, combine: Callable[[Any, Any], Any]
     ) -> tuple[str, dict[int, int], Any]:

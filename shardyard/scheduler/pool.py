@@ -42,6 +42,7 @@ from shardyard.errors import (
     UnknownStrategyError,
     UnsupportedKeyError,
 )
+from shardyard.protocol import ItemFailure
 from shardyard.scheduler.autoscale import Autoscaler
 from shardyard.scheduler.core import Core, kill_quietly
 from shardyard.scheduler.futures import ShardFuture
@@ -58,6 +59,7 @@ from shardyard.scheduler.stats import (
     ShardStats,
 )
 from shardyard.sharding import place, strategy
+from shardyard.state import Checkpoint, IncompleteCheckpointError, StateStore, open_store
 
 __all__ = ["ShardPool"]
 
@@ -155,6 +157,8 @@ class ShardPool:
         self._placement: np.ndarray | None = None  # shard id -> actor index at start
         self._actor_cls: Any = None  # the remote ShardActor class (to start more actors)
         self._actor_node: dict[int, str] = {}  # actor index -> the node it was started on
+        self._store: StateStore | None = None  # opened at start when config.store is set
+        self._restored_from: Checkpoint | None = None
         self._scale_lock = threading.Lock()  # one scale at a time
         self._scaling: concurrent.futures.Future[Any] | None = None  # the scale under way
         self._autoscaler: Autoscaler | None = None
@@ -204,8 +208,19 @@ class ShardPool:
             num_actors = auto.min_actors
         else:
             num_actors = max(1, info.num_cpus)
+        restored = self._open_store()
         # num_shards bounds how far the pool can scale out: leave room (8x) by default.
-        num_shards = cfg.num_shards or 8 * max(num_actors, auto.max_actors if auto else 0)
+        num_shards = cfg.num_shards or (
+            restored.num_shards
+            if restored is not None
+            else 8 * max(num_actors, auto.max_actors if auto else 0)
+        )
+        if restored is not None and num_shards != restored.num_shards:
+            raise ConfigError(
+                f"num_shards={num_shards}, but checkpoint {restored.checkpoint_id} of pool "
+                f"{cfg.name!r} in {cfg.store} has {restored.num_shards} shards: a pool resumes "
+                "with the shard count it was checkpointed with"
+            )
         if num_shards < num_actors:
             num_shards = num_actors
         _check_fits(num_actors, cfg.num_cpus_per_actor)
@@ -251,6 +266,8 @@ class ShardPool:
                 max_snapshot_failures=cfg.max_snapshot_failures,
                 actor_resources={"CPU": cfg.num_cpus_per_actor} if cfg.num_cpus_per_actor else {},
             )
+            if restored is not None:
+                self._load_checkpoint(core, restored)
             # Places every shard: a failing setup() surfaces here, with its traceback.
             try:
                 core.start(max(0.1, deadline - time.monotonic()))
@@ -425,6 +442,85 @@ class ShardPool:
             raise
         assert added == indices, (added, indices)
 
+    def _open_store(self) -> Checkpoint | None:
+        """Open ``store`` (if set); the newest complete checkpoint under ``name``."""
+        cfg = self.config
+        if cfg.store is None or cfg.name is None:
+            return None
+        if self._store is None:
+            self._store = open_store(cfg.store)
+        self._restored_from = self._store.latest(cfg.name)
+        return self._restored_from
+
+    @property
+    def restored_from(self) -> Checkpoint | None:
+        """The checkpoint this pool started from (``name`` + ``store``), or ``None``.
+
+        Starts the pool (and so reads the store) if it has not started yet.
+        """
+        self._ensure_started()
+        return self._restored_from
+
+    def _load_checkpoint(self, core: Core, checkpoint: Checkpoint) -> None:
+        """Each shard's committed snapshot := its part of ``checkpoint`` (restored when the
+        shard is placed). The parts were written by this pool's own ``checkpoint()``."""
+        assert self._store is not None and self.config.name is not None
+        for sid, book in enumerate(core.ledger.books):
+            part = self._store.get_part(self.config.name, checkpoint.checkpoint_id, sid)
+            book.snapshot = part or None
+
+    def checkpoint(self, meta: bytes = b"", timeout: float | None = None) -> int:
+        """Store every shard's state now, as one complete checkpoint under the pool's name.
+
+        Waits for the items submitted before the call, then asks each actor for its shards'
+        snapshots between batches, writes them to ``store`` and commits the checkpoint;
+        a pool started later with the same ``name`` and ``store`` resumes from it. The two
+        newest complete checkpoints are kept. Call it while no other thread submits (a
+        streaming job does): items submitted meanwhile may or may not be in it.
+
+        Args:
+            meta: bytes kept with the checkpoint (``Checkpoint.meta``), e.g. source offsets.
+            timeout: seconds to wait at most.
+
+        Returns:
+            The checkpoint's id.
+
+        Raises:
+            ConfigError: the pool has no ``name`` and ``store``.
+            IncompleteCheckpointError: a shard's ``snapshot()`` raised: the checkpoint is
+                not committed (the previous one stays the newest), and the message names
+                the shard and the error.
+            StateStoreError: the store cannot be written (names the server and cause).
+
+        Example:
+            >>> pool = ShardPool(Tally, name="words", store="sqlite:///c.db")  # doctest: +SKIP
+            >>> pool.map(words, keys=words)                     # doctest: +SKIP
+            >>> pool.checkpoint()                               # doctest: +SKIP
+            1
+        """
+        cfg = self.config
+        if cfg.store is None or cfg.name is None:
+            raise ConfigError("checkpoint() needs a pool with name= and store= (a URL)")
+        replies = self._collect(lambda a: a.snapshots.remote(), timeout)
+        assert self._store is not None
+        store, name = self._store, cfg.name
+        cid = store.next_id(name)
+        failures = []
+        num_shards = self.num_shards
+        for _, parts in replies:
+            for sid, (_, data) in sorted(parts.items()):
+                if isinstance(data, ItemFailure):
+                    failures.append(f"shard {sid}: snapshot() raised {data.exception()!r}")
+                    continue
+                store.put_part(name, cid, sid, data)
+        if failures:
+            raise IncompleteCheckpointError(
+                f"checkpoint {cid} of pool {name!r} is not committed: " + "; ".join(failures)
+            )
+        store.commit(name, cid, num_shards, meta)
+        store.prune(name, keep=2)
+        return cid
+
     def _new_actors(self, indices: list[int], others: list[int] | None = None) -> list[Any]:
         """Start actors ``indices``: each on the node that hosts the fewest of this pool's
         ``others`` (see :mod:`shardyard.scheduler.nodes`), unless ``spread`` is off."""
@@ -489,6 +585,8 @@ class ShardPool:
                         core.stop()
                         for a in core.all_handles():
                             kill_quietly(a)
+                    if self._store is not None:
+                        self._store.close()
 
     shutdown = close  # the concurrent.futures.Executor name
 
