@@ -77,12 +77,13 @@ def run_job(
                 "run() (its meta is not a job's): use another name for this job"
             ) from None
     source.restore(meta.get("source"))
-    records = checkpoints = 0
+    records = checkpoints = in_epoch = 0
     outputs: list[Any] = []
     epoch_start = time.monotonic()
     ended = False
     while not ended:
         batch = source.read(max_records)
+        idle = False
         if batch is None:
             ended = True
         elif batch:
@@ -90,14 +91,19 @@ def run_job(
             keys = [key(v) for v in values] if key is not None else None
             outputs += [o for o in pool.map(values, keys=keys) if o is not None]
             records += len(batch)
+            in_epoch += len(batch)
         else:
-            time.sleep(0.01)  # nothing ready: poll again
-        if ended or time.monotonic() - epoch_start >= checkpoint_interval_s:
-            if records or outputs or ended:
-                _commit_epoch(pool, source, sink, outputs)
-                checkpoints += 1
-            outputs = []
+            idle = True  # nothing ready, or a broker's unacknowledged window is full
+        due = time.monotonic() - epoch_start >= checkpoint_interval_s
+        # Close the epoch when it is due, at the end, or when the source has nothing more
+        # for now: its records are acknowledged only then, which frees its window.
+        if ended or (in_epoch and (due or idle)):
+            _commit_epoch(pool, source, sink, outputs)
+            checkpoints += 1
+            outputs, in_epoch = [], 0
             epoch_start = time.monotonic()
+        elif idle:
+            time.sleep(0.01)
     return RunReport(
         records=records,
         checkpoints=checkpoints,
