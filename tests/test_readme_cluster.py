@@ -59,3 +59,24 @@ def test_every_cluster_command_of_the_docs_runs(doc: str, heading: str, tmp_path
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count('"match": true') == 2, done.stdout  # the driver and the job
     assert "SUCCEEDED (exit status 0)" in done.stderr
+
+
+def test_the_readme_python_examples_run(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    using = re.search(r"## Using it\n\n```python\n(.*?)```", text, re.S)
+    durable = re.search(r"## Durable state and streaming jobs\n.*?```python\n(.*?)```", text, re.S)
+    assert using and durable
+    script = using.group(1) + "\n" + durable.group(1) + "\n" + durable.group(1)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "None" in lines  # the first pool of that name starts fresh
+    assert any(line.startswith("Checkpoint(pool='words', checkpoint_id=1") for line in lines)
