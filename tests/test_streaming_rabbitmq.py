@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import POSTGRES_URL, require
+from services import MARIADB_URL, POSTGRES_URL, require
 
 from shardyard.state import open_store
 from shardyard.streams.rabbitmq import RabbitMQSource, SourceError
@@ -25,7 +26,7 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 JOB = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from shardyard import Shard, ShardPool
     from shardyard.streams.rabbitmq import RabbitMQSource
     from shardyard.streams.sql import SqlUpsertSink
@@ -45,12 +46,22 @@ JOB = textwrap.dedent(
 
     amqp, queue, store, sink_url, table = sys.argv[1:6]
     source = RabbitMQSource(amqp, queue, prefetch=2000, idle_timeout_s=3.0)
+    crash_at = int(os.environ.get("CRASH_AT_ACK", "0"))
+    if crash_at:  # die after a checkpoint's commit, before its acknowledgements
+        acks, real_ack = [0], source.ack
+        def ack(position):
+            acks[0] += 1
+            if acks[0] == crash_at:
+                os._exit(9)
+            real_ack(position)
+        source.ack = ack
     sink = SqlUpsertSink(sink_url, table, key_columns=["key"],
                          columns={"key": "text", "total": "int", "count": "int"})
     with ShardPool(Totals, num_actors=2, num_shards=8, name="totals", store=store) as pool:
         report = pool.run(source, sink, key=lambda e: e["key"], checkpoint_interval_s=1.0)
     source.close()
-    print(json.dumps({"records": report.records, "resumed_from": report.resumed_from}))
+    print(json.dumps({"records": report.records, "resumed_from": report.resumed_from,
+                      "duplicates_dropped": source.duplicates_dropped}))
     """
 )
 
@@ -94,10 +105,21 @@ def _depth(queue: str) -> int:
     return int(n)
 
 
-def _job(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def _job(tmp_path: Path, *args: str, crash_at_ack: int = 0) -> subprocess.Popen[str]:
     script = tmp_path / "job.py"
     script.write_text(JOB)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["CRASH_AT_ACK"] = str(crash_at_ack)
+    if crash_at_ack:  # output to files: a process that dies leaves Ray holding pipes
+        with open(tmp_path / "crash.out", "w") as out:
+            return subprocess.Popen(
+                [sys.executable, str(script), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
     return subprocess.Popen(
         [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,
@@ -159,3 +181,50 @@ def test_a_wrong_password_and_a_missing_queue_name_the_server(queue: str) -> Non
         RabbitMQSource("amqp://guest:wrong@127.0.0.1:5672/%2F", queue)
     with pytest.raises(SourceError, match=r"queue 'no-such-queue' on RabbitMQ at 127\.0\.0\.1"):
         RabbitMQSource(AMQP, "no-such-queue")
+
+
+def _expected(events: list[dict[str, object]]) -> dict[str, tuple[int, int]]:
+    totals: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for e in events:
+        totals[str(e["key"])] += int(e["value"])  # type: ignore[call-overload]
+        counts[str(e["key"])] += 1
+    return {k: (totals[k], counts[k]) for k in totals}
+
+
+def _table_rows(url: str, table: str) -> dict[str, tuple[int, int]]:
+    sink = SqlUpsertSink(url, table, ["key"], {"key": "text", "total": "int", "count": "int"})
+    try:
+        rows = {r["key"]: (r["total"], r["count"]) for r in sink.rows()}
+        with sink._engine.begin() as conn:
+            conn.execute(sink._sa.text(f"DROP TABLE {table}"))
+    finally:
+        sink.close()
+    return rows
+
+
+@pytest.mark.timeout(600)
+def test_a_crash_between_commit_and_ack_applies_nothing_twice_in_mariadb(
+    queue: str, tmp_path: Path
+) -> None:
+    require("mariadb")
+    events = [{"key": f"k{i % 301}", "value": i % 7} for i in range(20_000)]
+    _publish(queue, events)
+    table = f"totals_{uuid.uuid4().hex[:8]}"
+    args = (AMQP, queue, f"sqlite:///{tmp_path}/ckpt.db", MARIADB_URL, table)
+    crashed = _job(tmp_path, *args, crash_at_ack=3)
+    try:
+        # wait(), not communicate(): the Ray it started may hold the pipes a while longer.
+        code = crashed.wait(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(crashed.pid, signal.SIGKILL)  # whatever of its Ray is left
+    assert code == 9, (tmp_path / "crash.out").read_text()[-3000:]  # after commit 3, before acks
+    again = _job(tmp_path, *args)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    report = json.loads(out.splitlines()[-1])
+    assert report["resumed_from"] == 3
+    assert report["duplicates_dropped"] > 0  # checkpoint 3's messages came again: dropped
+    assert _table_rows(MARIADB_URL, table) == _expected(events)
+    assert _depth(queue) == 0

@@ -67,6 +67,8 @@ class RabbitMQSource(Source):
         self._seen_before: set[str] = set()  # ids the restored checkpoint covers, unacked
         self._epoch_ids: list[str] = []  # ids read since the last acknowledged checkpoint
         self._last_tag = 0
+        #: Redelivered messages dropped because the restored checkpoint already covers them.
+        self.duplicates_dropped = 0
         self._connect()
 
     def _where(self) -> str:
@@ -111,11 +113,15 @@ class RabbitMQSource(Source):
                     return None
                 break
             self._last_message = time.monotonic()
-            self._last_tag = method.delivery_tag
             mid = props.message_id or hashlib.sha256(body).hexdigest()
-            self._epoch_ids.append(mid)
             if method.redelivered and mid in self._seen_before:
-                continue  # its effect is in the restored checkpoint: acked with it
+                # Its effect is in the restored checkpoint: acknowledge it now, alone (a
+                # later multiple-ack skips it), so a window of duplicates never stalls.
+                self._channel.basic_ack(delivery_tag=method.delivery_tag)
+                self.duplicates_dropped += 1
+                continue
+            self._last_tag = method.delivery_tag
+            self._epoch_ids.append(mid)
             text = body.decode("utf-8")
             value = json.loads(text) if self.codec == "json" else text
             out.append(Record(value, mid))
