@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from shardyard.state.base import (
@@ -30,6 +31,21 @@ from shardyard.state.base import (
 __all__ = ["CHUNK_BYTES", "SqlStore"]
 
 CHUNK_BYTES = 4 << 20
+
+
+def create_tables(engine: Any, meta: Any, error: Any) -> None:
+    """``meta.create_all``, tolerating another process creating the same tables meanwhile
+    (a check-then-create race: "already exists"); other failures go through ``error``."""
+    import sqlalchemy as sa
+
+    for attempt in range(3):
+        try:
+            meta.create_all(engine, checkfirst=True)
+            return
+        except sa.exc.SQLAlchemyError as exc:
+            if "already exists" not in str(exc) or attempt == 2:
+                raise error(exc) from None
+            time.sleep(0.1)  # the other creator is done by now: check again
 
 
 class SqlStore(StateStore):
@@ -70,10 +86,7 @@ class SqlStore(StateStore):
             sa.Column("meta", blob, nullable=False),
             sa.Column("committed_at", sa.DateTime, server_default=sa.func.now()),
         )
-        try:
-            meta.create_all(self._engine, checkfirst=True)
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._unreachable(exc) from None
+        create_tables(self._engine, meta, self._unreachable)
 
     def _unreachable(self, exc: Exception) -> StateStoreError:
         u = self._engine.url

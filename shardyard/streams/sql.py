@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from shardyard.state.base import StateStoreError
+from shardyard.state.sql import create_tables
 from shardyard.streams.base import Sink
 
 __all__ = ["SqlUpsertSink"]
@@ -52,14 +53,16 @@ class SqlUpsertSink(Sink):
         cols.append(sa.Column("shardyard_checkpoint", sa.BigInteger, nullable=False))
         self.table = sa.Table(table, meta, *cols)
         self.key_columns = list(key_columns)
-        try:
-            meta.create_all(self._engine, checkfirst=True)
-        except sa.exc.OperationalError as exc:
+
+        def unusable(exc: Exception) -> StateStoreError:
             u = self._engine.url
-            raise StateStoreError(
+            return StateStoreError(
                 f"cannot use {u.get_backend_name()} at {u.host}:{u.port} (database "
-                f"{u.database!r}, user {u.username!r}) for the sink: {exc.orig}"
-            ) from None
+                f"{u.database!r}, user {u.username!r}) for the sink: "
+                f"{getattr(exc, 'orig', None) or exc}"
+            )
+
+        create_tables(self._engine, meta, unusable)
         self._dialect = self._engine.dialect.name
 
     def _upsert(self, rows: list[dict[str, Any]]) -> Any:
