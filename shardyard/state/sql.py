@@ -48,6 +48,16 @@ def create_tables(engine: Any, meta: Any, error: Any) -> None:
             time.sleep(0.1)  # the other creator is done by now: check again
 
 
+def _transient(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    code = orig.args[0] if orig is not None and orig.args else None
+    return (
+        code in (1205, 1213)  # MySQL/MariaDB: lock wait timeout, deadlock
+        or getattr(orig, "sqlstate", None) in ("40001", "40P01")  # PostgreSQL
+        or "database is locked" in str(exc)  # SQLite
+    )
+
+
 class SqlStore(StateStore):
     """Checkpoints in a SQL database (tables created on first use)."""
 
@@ -100,11 +110,19 @@ class SqlStore(StateStore):
         return StateStoreError(f"cannot use {where} for checkpoints: {cause}".strip())
 
     def _run(self, fn: Any) -> Any:
-        try:
-            with self._engine.begin() as conn:
-                return fn(conn)
-        except self._sa.exc.OperationalError as exc:
-            raise self._unreachable(exc) from None
+        """Run ``fn(conn)`` in one transaction; a deadlock or lock timeout (which the
+        database asks to retry: InnoDB's 1213/1205, PostgreSQL's 40001/40P01, SQLite's
+        "database is locked") is retried a few times, anything else is an error."""
+        for attempt in range(8):
+            try:
+                with self._engine.begin() as conn:
+                    return fn(conn)
+            except self._sa.exc.OperationalError as exc:
+                if attempt < 7 and _transient(exc):
+                    time.sleep(0.02 * (attempt + 1))
+                    continue
+                raise self._unreachable(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def put_part(self, pool: str, checkpoint_id: int, shard_id: int, data: bytes) -> None:
         sa, parts = self._sa, self._parts
