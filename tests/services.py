@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +36,15 @@ def require(name: str) -> None:
     if os.environ.get("SHARDYARD_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{why}; SHARDYARD_REQUIRE_SERVICES=1 makes that a failure")
     pytest.skip(why)
+
+
+def store_url(kind: str, tmp_path: Path) -> str:
+    """A checkpoint store URL of ``kind`` (memory, file, sqlite, postgresql, mariadb)."""
+    if kind == "memory":
+        return f"memory://{uuid.uuid4().hex}"
+    if kind == "file":
+        return f"file://{tmp_path / 'ckpt'}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'ckpt.db'}"
+    require(kind)
+    return POSTGRES_URL if kind == "postgresql" else MARIADB_URL

@@ -16,7 +16,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from services import MARIADB_URL, POSTGRES_URL, require
+from services import store_url
 
 import shardyard
 from shardyard import ConfigError, Shard, ShardPool
@@ -45,20 +45,11 @@ class Tally(Shard):
         return self.counts
 
 
-def _store_url(kind: str, tmp_path: Path) -> str:
-    if kind == "file":
-        return f"file://{tmp_path / 'ckpt'}"
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'ckpt.db'}"
-    require(kind)
-    return POSTGRES_URL if kind == "postgresql" else MARIADB_URL
-
-
 @pytest.mark.parametrize("kind", ["file", "sqlite", "postgresql", "mariadb"])
 def test_a_new_pool_of_the_same_name_resumes_from_the_checkpoint(
     ray_local: shardyard.ClusterInfo, tmp_path: Path, kind: str
 ) -> None:
-    url, name = _store_url(kind, tmp_path), f"tally-{uuid.uuid4().hex[:8]}"
+    url, name = store_url(kind, tmp_path), f"tally-{uuid.uuid4().hex[:8]}"
     words = [f"w{i % 37}" for i in range(2_000)]
     with ShardPool(Tally, num_actors=2, num_shards=8, name=name, store=url) as pool:
         assert pool.restored_from is None

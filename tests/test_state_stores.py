@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import MARIADB_URL, POSTGRES_URL, require
+import services
 
 from shardyard.state import (
     IncompleteCheckpointError,
@@ -21,20 +21,9 @@ from shardyard.state import (
 KINDS = ["memory", "file", "sqlite", "postgresql", "mariadb"]
 
 
-def _url(kind: str, tmp_path: Path) -> str:
-    if kind == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    if kind == "file":
-        return f"file://{tmp_path / 'ckpt'}"
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'ckpt.db'}"
-    require(kind)
-    return POSTGRES_URL if kind == "postgresql" else MARIADB_URL
-
-
 @pytest.fixture(params=KINDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return _url(request.param, tmp_path)
+    return services.store_url(request.param, tmp_path)
 
 
 @pytest.fixture
@@ -141,7 +130,7 @@ def test_parts_written_from_several_threads(store: StateStore, pool: str) -> Non
 
 
 def test_a_wrong_password_names_the_server() -> None:
-    require("mariadb")
+    services.require("mariadb")
     with pytest.raises(StateStoreError) as err:
         open_store("mysql+pymysql://root:wrong-password@127.0.0.1:3306/test")
     text = str(err.value)
@@ -150,7 +139,7 @@ def test_a_wrong_password_names_the_server() -> None:
 
 
 def test_a_missing_database_and_a_closed_port_name_the_server() -> None:
-    require("postgresql")
+    services.require("postgresql")
     with pytest.raises(StateStoreError, match=r"postgresql at 127.0.0.1:5432 .*no_such_db"):
         open_store("postgresql+psycopg://postgres@127.0.0.1:5432/no_such_db")
     with pytest.raises(StateStoreError, match=r"postgresql at 127.0.0.1:1 "):
