@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import shardyard
-from shardyard import ConfigError, ShardPool
+from shardyard import ConfigError, Shard, ShardPool
 from shardyard.state import open_store
 from shardyard.streams import FileSink, FileSource
 
@@ -121,13 +121,76 @@ def test_a_source_resumes_from_its_position(tmp_path: Path) -> None:
     assert [r.value for r in first + rest] == [r.value for r in whole]
 
 
-def test_a_json_source_names_the_bad_line(tmp_path: Path) -> None:
-    (tmp_path / "a.jsonl").write_text('{"a": 1}\n{oops\n')
+def test_a_bad_json_line_is_handed_on_with_its_error(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"a": 1}\n{oops\n[2]\n')
     src = FileSource(str(tmp_path / "*.jsonl"), codec="json")
-    with pytest.raises(ValueError, match=r"not JSON at .*a\.jsonl@9"):
-        src.read(10)
+    good, bad, last = src.read(10) or []
+    assert (good.value, good.error, last.value) == ({"a": 1}, None, [2])
+    assert bad.id is not None and bad.id.endswith("a.jsonl@9")
+    assert bad.payload == b"{oops" and bad.error is not None
+    assert bad.error.startswith("JSONDecodeError: Expecting property name")
 
 
 def test_run_needs_a_named_durable_pool(ray_local: shardyard.ClusterInfo, tmp_path: Path) -> None:
     with ShardPool(len, num_actors=1) as pool, pytest.raises(ConfigError, match="name= and store="):
         pool.run(FileSource(str(tmp_path / "*.txt")))
+
+
+class Flaky(Shard):
+    """Sums per key; a line ending in ``fail`` always raises, one ending in ``flaky`` raises
+    the first time it is tried."""
+
+    def setup(self, shard_id: int) -> None:
+        self.sums: dict[str, int] = {}
+        self.tried: set[str] = set()
+
+    def process_item(self, line: str) -> str:
+        key, value, *how = line.split()
+        if how == ["fail"]:
+            raise RuntimeError(f"cannot take {line!r}")
+        if how == ["flaky"] and line not in self.tried:
+            self.tried.add(line)
+            raise ConnectionError("a flaky dependency")
+        self.sums[key] = self.sums.get(key, 0) + int(value)
+        return f"{key} {self.sums[key]}"
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.sums)
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.sums = dict(state)
+
+
+def test_a_handler_failing_past_its_retries_is_a_dead_letter(
+    ray_local: shardyard.ClusterInfo, tmp_path: Path
+) -> None:
+    lines = [f"k{i % 7} {i}" for i in range(500)]
+    lines[10] = "k3 5 fail"
+    lines[20] = "k6 1 flaky"  # succeeds when tried again
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    dead = FileSink(str(tmp_path / "dead"), codec="json")
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    with ShardPool(Flaky, num_actors=2, num_shards=4, name="flaky", store=store) as pool:
+        report = pool.run(
+            FileSource(str(tmp_path / "*.txt")),
+            FileSink(str(tmp_path / "out")),
+            key=lambda line: line.split()[0],
+            dead_letters=dead,
+            retries=1,
+        )
+    sums = {}  # the newest running sum per key
+    for part in FileSink(str(tmp_path / "out")).parts():
+        for line in part.read_text().splitlines():
+            key, value = line.split()
+            sums[key] = int(value)
+    assert report.records == 500 and report.dead_letters == 1
+    letters = [json.loads(x) for p in dead.parts() for x in p.read_text().splitlines()]
+    assert [(d["stage"], d["payload"]) for d in letters] == [("handler", "k3 5 fail")]
+    assert letters[0]["id"].endswith("in.txt@50") and "shard" in letters[0]["error"]
+    assert "key 'k3'" in letters[0]["error"] and "RuntimeError: cannot take" in letters[0]["error"]
+    expected: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        if i != 10:
+            key, value = line.split()[:2]
+            expected[key] = expected.get(key, 0) + int(value)
+    assert sums == expected  # the flaky line once, the failing one not at all

@@ -5,24 +5,37 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pydantic
 import pytest
 from services import MARIADB_URL, POSTGRES_URL, require
+from streaming_helpers import (
+    AMQP,
+    TOTALS_COLUMNS,
+    close_connections,
+    depth,
+    expected_totals,
+    new_table,
+    publish,
+    rabbitmq_queue,
+    take_table,
+)
 
+import shardyard
+from shardyard import Shard, ShardPool
 from shardyard.state import open_store
 from shardyard.streams.rabbitmq import RabbitMQSource, SourceError
-from shardyard.streams.sql import SqlUpsertSink
-
-AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
+from shardyard.streams.sql import DeadLetterTable, SqlUpsertSink
 
 JOB = textwrap.dedent(
     """
@@ -68,41 +81,8 @@ JOB = textwrap.dedent(
 
 @pytest.fixture
 def queue() -> Iterator[str]:
-    require("rabbitmq")
-    import pika
-
-    name = f"shardyard-test-{uuid.uuid4().hex[:8]}"
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    conn.channel().queue_declare(name)
-    conn.close()
-    yield name
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    conn.channel().queue_delete(name)
-    conn.close()
-
-
-def _publish(queue: str, events: list[dict[str, object]]) -> None:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    ch = conn.channel()
-    for i, e in enumerate(events):
-        ch.basic_publish(
-            "",
-            queue,
-            json.dumps(e).encode(),
-            pika.BasicProperties(message_id=f"m{i}", delivery_mode=2),
-        )
-    conn.close()
-
-
-def _depth(queue: str) -> int:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    n = conn.channel().queue_declare(queue, passive=True).method.message_count
-    conn.close()
-    return int(n)
+    with rabbitmq_queue() as name:
+        yield name
 
 
 def _job(tmp_path: Path, *args: str, crash_at_ack: int = 0) -> subprocess.Popen[str]:
@@ -131,13 +111,15 @@ def _job(tmp_path: Path, *args: str, crash_at_ack: int = 0) -> subprocess.Popen[
 
 
 @pytest.mark.timeout(600)
-def test_100k_events_into_postgres_survive_a_driver_kill(queue: str, tmp_path: Path) -> None:
-    require("postgresql")
+@pytest.mark.parametrize("database", ["postgresql", "mariadb"])
+def test_100k_events_survive_a_driver_kill(database: str, queue: str, tmp_path: Path) -> None:
+    require(database)
+    sink_url = POSTGRES_URL if database == "postgresql" else MARIADB_URL
     events = [{"key": f"k{i % 997}", "value": i % 13} for i in range(100_000)]
-    _publish(queue, events)
-    table = f"totals_{uuid.uuid4().hex[:8]}"
+    publish(queue, events)
+    table = new_table()
     store = f"sqlite:///{tmp_path}/ckpt.db"
-    args = (AMQP, queue, store, POSTGRES_URL, table)
+    args = (AMQP, queue, store, sink_url, table)
     first = _job(tmp_path, *args)
     try:
         deadline = time.monotonic() + 180
@@ -157,22 +139,8 @@ def test_100k_events_into_postgres_survive_a_driver_kill(queue: str, tmp_path: P
     assert again.returncode == 0, err[-3000:]
     report = json.loads(out.splitlines()[-1])
     assert report["resumed_from"] >= 5
-    totals: Counter[str] = Counter()
-    counts: Counter[str] = Counter()
-    for e in events:
-        totals[str(e["key"])] += int(e["value"])  # type: ignore[call-overload]
-        counts[str(e["key"])] += 1
-    sink = SqlUpsertSink(
-        POSTGRES_URL, table, ["key"], {"key": "text", "total": "int", "count": "int"}
-    )
-    try:
-        rows = {r["key"]: (r["total"], r["count"]) for r in sink.rows()}
-        with sink._engine.begin() as conn:
-            conn.execute(sink._sa.text(f'DROP TABLE "{table}"'))
-    finally:
-        sink.close()
-    assert rows == {k: (totals[k], counts[k]) for k in totals}  # exact: none lost or doubled
-    assert _depth(queue) == 0
+    assert take_table(sink_url, table) == expected_totals(events)  # none lost or doubled
+    assert depth(queue) == 0
     print(f"resumed from checkpoint {report['resumed_from']}; {report['records']} records after")
 
 
@@ -183,34 +151,14 @@ def test_a_wrong_password_and_a_missing_queue_name_the_server(queue: str) -> Non
         RabbitMQSource(AMQP, "no-such-queue")
 
 
-def _expected(events: list[dict[str, object]]) -> dict[str, tuple[int, int]]:
-    totals: Counter[str] = Counter()
-    counts: Counter[str] = Counter()
-    for e in events:
-        totals[str(e["key"])] += int(e["value"])  # type: ignore[call-overload]
-        counts[str(e["key"])] += 1
-    return {k: (totals[k], counts[k]) for k in totals}
-
-
-def _table_rows(url: str, table: str) -> dict[str, tuple[int, int]]:
-    sink = SqlUpsertSink(url, table, ["key"], {"key": "text", "total": "int", "count": "int"})
-    try:
-        rows = {r["key"]: (r["total"], r["count"]) for r in sink.rows()}
-        with sink._engine.begin() as conn:
-            conn.execute(sink._sa.text(f"DROP TABLE {table}"))
-    finally:
-        sink.close()
-    return rows
-
-
 @pytest.mark.timeout(600)
 def test_a_crash_between_commit_and_ack_applies_nothing_twice_in_mariadb(
     queue: str, tmp_path: Path
 ) -> None:
     require("mariadb")
     events = [{"key": f"k{i % 301}", "value": i % 7} for i in range(20_000)]
-    _publish(queue, events)
-    table = f"totals_{uuid.uuid4().hex[:8]}"
+    publish(queue, events)
+    table = new_table()
     args = (AMQP, queue, f"sqlite:///{tmp_path}/ckpt.db", MARIADB_URL, table)
     crashed = _job(tmp_path, *args, crash_at_ack=3)
     try:
@@ -226,5 +174,177 @@ def test_a_crash_between_commit_and_ack_applies_nothing_twice_in_mariadb(
     report = json.loads(out.splitlines()[-1])
     assert report["resumed_from"] == 3
     assert report["duplicates_dropped"] > 0  # checkpoint 3's messages came again: dropped
-    assert _table_rows(MARIADB_URL, table) == _expected(events)
-    assert _depth(queue) == 0
+    assert take_table(MARIADB_URL, table) == expected_totals(events)
+    assert depth(queue) == 0
+
+
+class Event(pydantic.BaseModel):
+    key: str
+    value: int
+
+
+class ModelTotals(Shard):
+    """Per-key (total, count) over validated events; a negative value makes it raise."""
+
+    def setup(self, shard_id: int) -> None:
+        self.totals: dict[str, tuple[int, int]] = {}
+
+    def process_item(self, event: Any) -> dict[str, Any]:
+        if isinstance(event, dict):
+            event = Event(**event)
+        if event.value < 0:
+            raise ValueError(f"negative value {event.value}")
+        total, count = self.totals.get(event.key, (0, 0))
+        self.totals[event.key] = (total + event.value, count + 1)
+        return {"key": event.key, "total": total + event.value, "count": count + 1}
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        return dict(self.totals)
+
+    def restore(self, state: dict[str, tuple[int, int]]) -> None:
+        self.totals = dict(state)
+
+
+def _run_in_thread(
+    pool: ShardPool, *args: Any, **kwargs: Any
+) -> tuple[threading.Thread, list[Any]]:
+    result: list[Any] = []
+
+    def target() -> None:
+        try:
+            result.append(pool.run(*args, **kwargs))
+        except BaseException as exc:  # handed to the test thread
+            result.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _wait_for_checkpoint(store: str, name: str, at_least: int, thread: threading.Thread) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        last = open_store(store).latest(name)
+        if last is not None and last.checkpoint_id >= at_least:
+            return last.checkpoint_id
+        assert thread.is_alive(), "the job ended too early"
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint {at_least} within 120 s")
+
+
+@pytest.mark.timeout(300)
+def test_malformed_messages_go_to_the_dead_letter_table(
+    ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
+) -> None:
+    require("postgresql")
+    events: list[Any] = [{"key": f"k{i % 31}", "value": i % 5} for i in range(3000)]
+    bad = {
+        100: b"{not json",
+        1200: json.dumps({"key": "k1", "value": "many"}).encode(),  # fails validation
+        2500: json.dumps({"key": "k2", "value": -5}).encode(),  # the handler raises
+    }
+    messages = [bad.get(i, e) for i, e in enumerate(events)]
+    publish(queue, messages)
+    table, dead_table = new_table(), f"dead_{new_table()}"
+    sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
+    dead = DeadLetterTable(POSTGRES_URL, job="model-totals", table=dead_table)
+    source = RabbitMQSource(AMQP, queue, codec=Event, idle_timeout_s=2.0)
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    try:
+        with ShardPool(ModelTotals, num_actors=2, num_shards=4, name="mt", store=store) as pool:
+            report = pool.run(source, sink, key=lambda e: e.key, dead_letters=dead, retries=1)
+        letters = {r["id"]: r for r in dead.rows()}
+    finally:
+        source.close()
+        dead.table.drop(dead._engine)
+        dead.close()
+        sink.close()
+    assert report.records == 3000 and report.dead_letters == 3
+    good = [e for i, e in enumerate(events) if i not in bad]
+    assert take_table(POSTGRES_URL, table) == expected_totals(good)  # each applied once
+    assert sorted(letters) == ["m100", "m1200", "m2500"]
+    assert letters["m100"]["stage"] == "decode" and "Invalid JSON" in letters["m100"]["error"]
+    assert letters["m100"]["payload"] == "{not json"
+    assert letters["m1200"]["stage"] == "decode"
+    assert "ValidationError" in letters["m1200"]["error"] and "value" in letters["m1200"]["error"]
+    handler = letters["m2500"]
+    assert handler["stage"] == "handler" and handler["job"] == "model-totals"
+    assert "key 'k2'" in handler["error"] and "ValueError: negative value -5" in handler["error"]
+    assert "Traceback" in handler["error"] and json.loads(handler["payload"])["value"] == -5
+    assert depth(queue) == 0
+
+
+@pytest.mark.timeout(300)
+def test_the_broker_closing_the_connection_loses_nothing(
+    ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
+) -> None:
+    require("postgresql")
+    events = [{"key": f"k{i % 97}", "value": i % 11} for i in range(40_000)]
+    publish(queue, events)
+    table = new_table()
+    sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
+    source = RabbitMQSource(AMQP, queue, codec=Event, prefetch=500, idle_timeout_s=3.0)
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    try:
+        with ShardPool(ModelTotals, num_actors=2, num_shards=4, name="drop", store=store) as pool:
+            thread, result = _run_in_thread(
+                pool, source, sink, key=lambda e: e.key, checkpoint_interval_s=0.5
+            )
+            closed = 0
+            for at in (1, 3, 5):
+                _wait_for_checkpoint(store, "drop", at, thread)
+                time.sleep(random.uniform(0, 0.5))  # anywhere: reading, mapping, acking
+                closed += close_connections(f"shardyard:{queue}")
+            thread.join(timeout=200)
+        assert not thread.is_alive()
+    finally:
+        source.close()
+        sink.close()
+    report = result[0]
+    assert not isinstance(report, BaseException), report
+    assert closed == 3 and source.reconnects == 3
+    assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
+    assert depth(queue) == 0
+    print(f"{source.reconnects} reconnects, {source.duplicates_dropped} redeliveries dropped")
+
+
+@pytest.mark.timeout(400)
+def test_100k_events_survive_actor_kills(
+    ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
+) -> None:
+    require("postgresql")
+    events = [{"key": f"k{i % 997}", "value": i % 13} for i in range(100_000)]
+    publish(queue, events)
+    table = new_table()
+    sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
+    source = RabbitMQSource(AMQP, queue, codec=Event, idle_timeout_s=3.0)
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    try:
+        with ShardPool(ModelTotals, num_actors=2, num_shards=8, name="kill", store=store) as pool:
+            thread, result = _run_in_thread(
+                pool, source, sink, key=lambda e: e.key, checkpoint_interval_s=0.5
+            )
+            for actor, at in ((0, 2), (1, 4)):  # both actors, one after the other
+                _wait_for_checkpoint(store, "kill", at, thread)
+                os.kill(_actor_pid(pool, actor), signal.SIGKILL)
+            thread.join(timeout=300)
+            restarts = [a.restarts for a in pool.stats().actors]
+        assert not thread.is_alive()
+    finally:
+        source.close()
+        sink.close()
+    report = result[0]
+    assert not isinstance(report, BaseException), report
+    assert report.records == 100_000 and restarts == [1, 1]
+    assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
+    assert depth(queue) == 0
+
+
+def _actor_pid(pool: ShardPool, actor: int) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        a = pool.stats().actors[actor]
+        if a.pid is not None and a.state == "running":
+            return a.pid
+        time.sleep(0.05)
+    raise AssertionError(f"actor {actor} is not running")

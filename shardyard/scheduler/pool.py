@@ -529,32 +529,47 @@ class ShardPool:
         sink: Sink | None = None,
         key: Callable[[Any], Any] | None = None,
         checkpoint_interval_s: float = 5.0,
+        dead_letters: Sink | None = None,
+        retries: int = 0,
+        stop: threading.Event | None = None,
     ) -> RunReport:
-        """Run a streaming job until ``source`` ends: records through the pool (keyed by
-        ``key(value)``), outputs that are not ``None`` to ``sink``, checkpoints every
-        ``checkpoint_interval_s`` (see :mod:`shardyard.streams.job`).
+        """Run a streaming job until ``source`` ends or ``stop`` is set: records through the
+        pool (keyed by ``key(value)``), outputs that are not ``None`` to ``sink``,
+        checkpoints every ``checkpoint_interval_s`` (see :mod:`shardyard.streams.job`).
 
         Needs ``name`` and ``store``: run again with the same ones after a crash, it
         resumes from the newest complete checkpoint, nothing lost or applied twice.
 
+        Args:
+            dead_letters: where records go that cannot be decoded or whose handler failed
+                ``retries + 1`` times, with their errors (e.g. a
+                :class:`~shardyard.streams.sql.DeadLetterTable`); without it they are
+                logged. They never stop the stream.
+            retries: how many more times a record whose handler raised is tried.
+            stop: set it to end the job after its current epoch's checkpoint (default:
+                the one ``shardyard.streams.request_stop()`` sets).
+
         Example:
             >>> from shardyard.streams import FileSink, FileSource     # doctest: +SKIP
             >>> pool.run(FileSource("in/*.txt"), FileSink("out"), key=len)  # doctest: +SKIP
-            RunReport(records=..., checkpoints=..., resumed_from=0, seconds=...)
+            RunReport(records=..., checkpoints=..., resumed_from=0, seconds=..., ...)
         """
         from shardyard.streams.job import run_job
 
-        return run_job(self, source, sink, key, checkpoint_interval_s)
+        return run_job(
+            self,
+            source,
+            sink,
+            key,
+            checkpoint_interval_s,
+            dead_letters=dead_letters,
+            retries=retries,
+            stop=stop,
+        )
 
-    async def arun(
-        self,
-        source: Source,
-        sink: Sink | None = None,
-        key: Callable[[Any], Any] | None = None,
-        checkpoint_interval_s: float = 5.0,
-    ) -> RunReport:
+    async def arun(self, source: Source, sink: Sink | None = None, **kwargs: Any) -> RunReport:
         """:meth:`run` for asyncio code (in a thread; the event loop keeps running)."""
-        return await asyncio.to_thread(self.run, source, sink, key, checkpoint_interval_s)
+        return await asyncio.to_thread(self.run, source, sink, **kwargs)
 
     def _new_actors(self, indices: list[int], others: list[int] | None = None) -> list[Any]:
         """Start actors ``indices``: each on the node that hosts the fewest of this pool's

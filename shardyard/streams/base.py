@@ -6,8 +6,9 @@ to a position is durable (a broker source acknowledges its messages then). A :cl
 writes each checkpoint's outputs under that checkpoint's id, so writing the same id again
 (after a crash before the commit) replaces, never adds: effectively once.
 
-Records from outside the cluster are decoded by a codec the source names (text, JSON),
-never unpickled.
+Records from outside the cluster are decoded by a codec the source names (see
+:mod:`shardyard.streams.codecs`), never unpickled; one that fails to decode is handed on
+with its error, to go to the job's dead letters.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ class Record:
     Attributes:
         value: the decoded value (what the handler gets).
         id: an identifier unique within the source (for deduplication), or ``None``.
+        payload: the message as it came, when the source has one (a dead letter keeps it).
+        error: why it could not be decoded (``None``: it was); such a record goes to the
+            job's dead letters, not to the handler.
     """
 
     value: Any
     id: str | None = None
+    payload: bytes | None = None
+    error: str | None = None
 
 
 class Source(ABC):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from shardyard.state.files import write_atomic
 from shardyard.streams.base import Record, Sink, Source
+from shardyard.streams.codecs import Codec, decode_record, decoder
 
 __all__ = ["FileSink", "FileSource"]
 
@@ -27,16 +28,17 @@ class FileSource(Source):
 
     Args:
         pattern: a glob, e.g. ``"data/*.jsonl"``; matched once, at the start.
-        codec: ``"text"`` (the line without its newline) or ``"json"`` (one JSON value per
-            line). A line that is not valid JSON raises ``ValueError`` naming its file and
-            line number.
+        codec: how a line (without its newline) is decoded: ``"text"``, ``"json"`` (one
+            JSON value per line), or any codec of :mod:`shardyard.streams.codecs`. A line
+            that fails to decode goes to the job's dead letters; its id is ``file@offset``.
 
     The position is ``{"file": index, "offset": byte offset}`` after the last line read.
     """
 
-    def __init__(self, pattern: str, codec: Literal["text", "json"] = "text") -> None:
+    def __init__(self, pattern: str, codec: Codec = "text") -> None:
         self.files = sorted(glob.glob(pattern))
         self.codec = codec
+        self._decode = decoder(codec)
         self._file = 0
         self._offset = 0
         self._handle: Any = None
@@ -67,15 +69,7 @@ class FileSource(Source):
                 continue
             where = f"{self.files[self._file]}@{self._offset}"
             self._offset += len(line)
-            text = line.decode("utf-8").rstrip("\n")
-            if self.codec == "json":
-                try:
-                    value = json.loads(text)
-                except ValueError as exc:
-                    raise ValueError(f"not JSON at {where}: {exc}") from None
-            else:
-                value = text
-            out.append(Record(value, where))
+            out.append(decode_record(self._decode, line.rstrip(b"\n"), where))
         return out
 
     def position(self) -> Any:

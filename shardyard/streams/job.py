@@ -12,23 +12,47 @@ reach their shard in order, and every chunk is finished before the next is read)
 A crash before 2 leaves the previous checkpoint the newest: the next run restores the
 shards and the source position from it, and rewrites the same sink part. A crash after 2
 redelivers at most what was not acknowledged yet, which the restored position skips.
+
+A record that failed to decode, or whose handler raised on every try (``retries`` more
+after the first), becomes a dead letter: a dict ``{"id", "stage", "error", "payload"}``
+(stage ``"decode"`` or ``"handler"``; the error names the shard, the key and the original
+traceback; the payload is the message as text) written to ``dead_letters`` with the epoch's
+checkpoint id, like the sink's outputs, and acknowledged with the rest. Without
+``dead_letters`` they are logged and counted. Either way the stream goes on.
+
+A job stops at the end of its source, or when ``stop`` is set (``request_stop()`` sets the
+default one; ``shardyard run`` calls it on SIGINT/SIGTERM): it then closes its epoch with
+a checkpoint and returns.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shardyard.errors import ConfigError
-from shardyard.streams.base import Sink, Source
+from shardyard.errors import ConfigError, TaskError
+from shardyard.streams.base import Record, Sink, Source
 
 if TYPE_CHECKING:
     from shardyard.scheduler.pool import ShardPool
 
-__all__ = ["RunReport", "run_job"]
+__all__ = ["RunReport", "request_stop", "run_job"]
+
+_log = logging.getLogger("shardyard.streams")
+
+#: Set by :func:`request_stop`: running jobs close their epoch and return.
+STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Make every job of this process that waits on the default ``stop`` end after its
+    current epoch's checkpoint (``shardyard run`` calls it on SIGINT and SIGTERM)."""
+    STOP.set()
 
 
 @dataclass(frozen=True)
@@ -40,12 +64,17 @@ class RunReport:
         checkpoints: checkpoints this run committed.
         resumed_from: the checkpoint id it started from (0: none).
         seconds: how long it ran.
+        dead_letters: records that went to the dead letters (undecodable, or their handler
+            failed past the retries).
+        stopped: it was stopped before its source ended.
     """
 
     records: int
     checkpoints: int
     resumed_from: int
     seconds: float
+    dead_letters: int = 0
+    stopped: bool = False
 
 
 def run_job(
@@ -55,8 +84,12 @@ def run_job(
     key: Callable[[Any], Any] | None = None,
     checkpoint_interval_s: float = 5.0,
     max_records: int = 4096,
+    dead_letters: Sink | None = None,
+    retries: int = 0,
+    stop: threading.Event | None = None,
 ) -> RunReport:
-    """Run ``source`` through ``pool`` into ``sink`` until the source ends (see module doc).
+    """Run ``source`` through ``pool`` into ``sink`` until the source ends or ``stop`` is
+    set (see the module doc).
 
     Raises:
         ConfigError: the pool has no ``name`` and ``store`` (a job needs durable checkpoints),
@@ -65,6 +98,9 @@ def run_job(
     cfg = pool.config
     if cfg.name is None or cfg.store is None:
         raise ConfigError("run() needs a pool with name= and store= (durable checkpoints)")
+    if retries < 0:
+        raise ConfigError(f"retries must be >= 0, not {retries}")
+    stop = STOP if stop is None else stop
     start = time.monotonic()
     restored = pool.restored_from  # starts the pool
     meta: dict[str, Any] = {}
@@ -77,19 +113,23 @@ def run_job(
                 "run() (its meta is not a job's): use another name for this job"
             ) from None
     source.restore(meta.get("source"))
-    records = checkpoints = in_epoch = 0
+    records = checkpoints = in_epoch = dead_total = 0
     outputs: list[Any] = []
+    dead: list[dict[str, Any]] = []
     epoch_start = time.monotonic()
-    ended = False
+    ended = stopped = False
     while not ended:
-        batch = source.read(max_records)
+        stopped = stop.is_set()
+        batch = None if stopped else source.read(max_records)
         idle = False
         if batch is None:
             ended = True
         elif batch:
-            values = [r.value for r in batch]
-            keys = [key(v) for v in values] if key is not None else None
-            outputs += [o for o in pool.map(values, keys=keys) if o is not None]
+            good = [r for r in batch if r.error is None]
+            dead += [_dead_letter(r, "decode", r.error) for r in batch if r.error is not None]
+            outs, failed = _map(pool, good, key, retries)
+            outputs += outs
+            dead += failed
             records += len(batch)
             in_epoch += len(batch)
         else:
@@ -98,9 +138,10 @@ def run_job(
         # Close the epoch when it is due, at the end, or when the source has nothing more
         # for now: its records are acknowledged only then, which frees its window.
         if ended or (in_epoch and (due or idle)):
-            _commit_epoch(pool, source, sink, outputs)
+            _commit_epoch(pool, source, sink, outputs, dead_letters, dead)
             checkpoints += 1
-            outputs, in_epoch = [], 0
+            dead_total += len(dead)
+            outputs, dead, in_epoch = [], [], 0
             epoch_start = time.monotonic()
         elif idle:
             time.sleep(0.01)
@@ -109,16 +150,67 @@ def run_job(
         checkpoints=checkpoints,
         resumed_from=restored.checkpoint_id if restored is not None else 0,
         seconds=time.monotonic() - start,
+        dead_letters=dead_total,
+        stopped=stopped,
     )
 
 
-def _commit_epoch(pool: ShardPool, source: Source, sink: Sink | None, outputs: list[Any]) -> None:
+def _map(
+    pool: ShardPool, records: list[Record], key: Callable[[Any], Any] | None, retries: int
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The records' outputs (``None`` left out) and the dead letters of those whose handler
+    failed ``retries + 1`` times (a retry runs after the rest of its chunk)."""
+    outputs: list[Any] = []
+    dead: list[dict[str, Any]] = []
+    todo = records
+    for attempt in range(retries + 1):
+        values = [r.value for r in todo]
+        keys = [key(v) for v in values] if key is not None else None
+        failed = []
+        outs = pool.map(values, keys=keys, return_exceptions=True)
+        for record, out in zip(todo, outs, strict=True):
+            if isinstance(out, TaskError):
+                failed.append((record, out))
+            elif out is not None:
+                outputs.append(out)
+        if not failed:
+            break
+        if attempt == retries:
+            dead += [_dead_letter(r, "handler", str(exc)) for r, exc in failed]
+        todo = [r for r, _ in failed]
+    return outputs, dead
+
+
+def _dead_letter(record: Record, stage: str, error: str | None) -> dict[str, Any]:
+    if record.payload is not None:
+        payload = record.payload.decode("utf-8", "backslashreplace")
+    else:
+        payload = repr(record.value)
+    return {"id": record.id, "stage": stage, "error": error, "payload": payload}
+
+
+def _commit_epoch(
+    pool: ShardPool,
+    source: Source,
+    sink: Sink | None,
+    outputs: list[Any],
+    dead_letters: Sink | None,
+    dead: list[dict[str, Any]],
+) -> None:
     assert pool.config.name is not None
     store = pool._store
     assert store is not None
     cid = store.next_id(pool.config.name)
     if sink is not None:
         sink.write(cid, outputs)
+    for n, letter in enumerate(dead):
+        if letter["id"] is None:
+            letter["id"] = f"{cid}-{n}"
+    if dead_letters is not None:
+        dead_letters.write(cid, dead)
+    else:
+        for letter in dead:
+            _log.error("dead letter %s (%s): %s", letter["id"], letter["stage"], letter["error"])
     position = source.position()
     committed = pool.checkpoint(meta=json.dumps({"source": position}).encode())
     assert committed == cid, (committed, cid)

@@ -7,7 +7,8 @@ and a redelivered message with one of those ids is acknowledged and dropped, nev
 twice (as Flink's RabbitMQ source does with correlation ids). A message's id is its AMQP
 ``message_id`` (publishers should set one); without it, the SHA-256 of its body.
 
-Bodies are decoded by the named codec (``json`` or ``text``), never unpickled.
+Bodies are decoded by the named codec (see :mod:`shardyard.streams.codecs`), never
+unpickled. A lost connection (the server closed it, or restarted) is made again.
 
 Example:
     >>> src = RabbitMQSource("amqp://guest:guest@127.0.0.1:5672/", "events")  # doctest: +SKIP
@@ -15,15 +16,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import logging
 import time
-from typing import Any, Literal
+from collections import Counter
+from typing import Any
 
 from shardyard.errors import ShardyardError
 from shardyard.streams.base import Record, Source
+from shardyard.streams.codecs import Codec, decode_record, decoder
 
 __all__ = ["RabbitMQSource", "SourceError"]
+
+_log = logging.getLogger("shardyard.streams")
 
 
 class SourceError(ShardyardError, RuntimeError):
@@ -36,20 +42,29 @@ class RabbitMQSource(Source):
     Args:
         url: ``amqp://user:password@host:port/vhost``.
         queue: the queue (it must exist: a missing queue is an error, not a new queue).
-        codec: ``"json"`` or ``"text"``.
+        codec: how a body is decoded (see :mod:`shardyard.streams.codecs`); a body that
+            fails goes to the job's dead letters.
         prefetch: unacknowledged messages RabbitMQ may hand this consumer (the memory
             bound: a backlog of millions stays in the broker).
         idle_timeout_s: end the stream once no message came for this long (``None``: run
             until stopped), e.g. to drain a queue.
+        reconnect_timeout_s: for how long a lost connection (the server closed it, or
+            restarted) is tried again before the job fails with :class:`SourceError`.
+
+    A lost connection loses nothing: RabbitMQ requeues the messages it had handed out and
+    not yet had acknowledged; those whose effect is already in the shards' state (read in
+    the current epoch, or covered by a committed checkpoint) are recognised by id when they
+    come again and acknowledged with the next checkpoint, never applied twice.
     """
 
     def __init__(
         self,
         url: str,
         queue: str,
-        codec: Literal["json", "text"] = "json",
+        codec: Codec = "json",
         prefetch: int = 2000,
         idle_timeout_s: float | None = None,
+        reconnect_timeout_s: float = 60.0,
     ) -> None:
         try:
             import pika
@@ -61,14 +76,26 @@ class RabbitMQSource(Source):
         self.url = url
         self.queue = queue
         self.codec = codec
+        self._decode = decoder(codec)
         self.prefetch = prefetch
         self.idle_timeout_s = idle_timeout_s
+        self.reconnect_timeout_s = reconnect_timeout_s
         self._last_message = time.monotonic()
-        self._seen_before: set[str] = set()  # ids the restored checkpoint covers, unacked
-        self._epoch_ids: list[str] = []  # ids read since the last acknowledged checkpoint
+        # Ids (with multiplicity) of messages whose effect is in the shards' state (in a
+        # committed checkpoint, or read in this epoch) and which RabbitMQ may bring again:
+        # their acknowledgement is not confirmed. A redelivery of one is dropped.
+        self._applied: Counter[str] = Counter()
+        self._epoch: Counter[str] = Counter()  # the ids read in this epoch
+        # Ids delivered on this channel that the next multiple-ack covers (a lost
+        # connection voids them: RabbitMQ brings them again).
+        self._pending: Counter[str] = Counter()
+        self._acked: list[str] = []  # duplicates acknowledged alone, not yet confirmed
         self._last_tag = 0
-        #: Redelivered messages dropped because the restored checkpoint already covers them.
+        #: Messages that came again after a crash or a lost connection and were dropped
+        #: because their effect was already in the state.
         self.duplicates_dropped = 0
+        #: How many times a lost connection was made again.
+        self.reconnects = 0
         self._connect()
 
     def _where(self) -> str:
@@ -78,8 +105,11 @@ class RabbitMQSource(Source):
 
     def _connect(self) -> None:
         pika = self._pika
+        params = pika.URLParameters(self.url)
+        # Named, so an operator sees in the management UI whose connection it is.
+        params.client_properties = {"connection_name": f"shardyard:{self.queue}"}
         try:
-            self._conn = pika.BlockingConnection(pika.URLParameters(self.url))
+            self._conn = pika.BlockingConnection(params)
             self._channel = self._conn.channel()
             self._channel.queue_declare(self.queue, passive=True)
             self._channel.basic_qos(prefetch_count=self.prefetch)
@@ -92,21 +122,49 @@ class RabbitMQSource(Source):
         except pika.exceptions.AMQPConnectionError as exc:
             raise SourceError(f"cannot connect to {self._where()}: {exc!r}") from None
         self._consumer = self._channel.consume(self.queue, inactivity_timeout=0.05)
+        self._last_tag = 0  # delivery tags start again on a new channel
+
+    def _reconnect(self, cause: BaseException) -> None:
+        """Connect again after ``cause`` lost the connection, for up to
+        ``reconnect_timeout_s``; what the broker requeues will be recognised."""
+        _log.warning("lost %s (%r); connecting again", self._where(), cause)
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._acked = []  # those acknowledgements may be lost: keep their ids applied
+        self._pending = Counter()
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        while True:
+            try:
+                self._connect()
+                break
+            except SourceError as exc:
+                if time.monotonic() >= deadline:
+                    raise SourceError(
+                        f"{exc} (lost the connection: {cause!r}; tried again for "
+                        f"{self.reconnect_timeout_s:g} s)"
+                    ) from None
+                time.sleep(1.0)
+        self.reconnects += 1
 
     def restore(self, position: Any) -> None:
-        self._seen_before = set(position.get("unacked_ids", [])) if position else set()
+        self._applied = Counter(position.get("unacked_ids", [])) if position else Counter()
+        self._epoch = Counter()
 
     def read(self, max_records: int) -> list[Record] | None:
         out: list[Record] = []
         while len(out) < max_records:
-            method, props, body = next(self._consumer)
+            try:
+                method, props, body = next(self._consumer)
+            except self._pika.exceptions.AMQPError as exc:
+                self._reconnect(exc)
+                break
             if method is None:
                 # Nothing more right now (or the prefetch window is full: acked at the
                 # checkpoint the job takes when a read comes back empty).
                 quiet = time.monotonic() - self._last_message
                 if (
                     not out
-                    and not self._epoch_ids
+                    and not self._epoch
                     and self.idle_timeout_s is not None
                     and quiet >= self.idle_timeout_s
                 ):
@@ -114,27 +172,64 @@ class RabbitMQSource(Source):
                 break
             self._last_message = time.monotonic()
             mid = props.message_id or hashlib.sha256(body).hexdigest()
-            if method.redelivered and mid in self._seen_before:
-                # Its effect is in the restored checkpoint: acknowledge it now, alone (a
-                # later multiple-ack skips it), so a window of duplicates never stalls.
-                self._channel.basic_ack(delivery_tag=method.delivery_tag)
+            if method.redelivered and self._applied[mid] > 0:
+                # Its effect is in the state already: never applied twice.
                 self.duplicates_dropped += 1
+                if self._epoch[mid] > 0:
+                    self._last_tag = method.delivery_tag  # acknowledged with its epoch
+                    self._pending[mid] += 1
+                elif self._ack_one(method.delivery_tag):
+                    # Covered by a committed checkpoint: acknowledged now, alone (a later
+                    # multiple-ack skips it), so a window of duplicates never stalls.
+                    self._acked.append(mid)
                 continue
             self._last_tag = method.delivery_tag
-            self._epoch_ids.append(mid)
-            text = body.decode("utf-8")
-            value = json.loads(text) if self.codec == "json" else text
-            out.append(Record(value, mid))
+            self._applied[mid] += 1
+            self._epoch[mid] += 1
+            self._pending[mid] += 1
+            out.append(decode_record(self._decode, body, mid))
+        if self._acked and self._confirm():
+            self._applied -= Counter(self._acked)
+            self._acked = []
         return out
 
+    def _ack_one(self, tag: int) -> bool:
+        try:
+            self._channel.basic_ack(delivery_tag=tag)
+            return True
+        except self._pika.exceptions.AMQPError as exc:
+            self._reconnect(exc)  # the message comes again, and is dropped then
+            return False
+
+    def _confirm(self) -> bool:
+        """Whether RabbitMQ has processed the acknowledgements sent so far: a channel's
+        frames are handled in order, so the answer to a synchronous request after them
+        says so. ``False``: the connection was lost (and is made again)."""
+        try:
+            self._channel.basic_qos(prefetch_count=self.prefetch)
+            return True
+        except self._pika.exceptions.AMQPError as exc:
+            self._reconnect(exc)
+            return False
+
     def position(self) -> Any:
-        return {"unacked_ids": list(self._epoch_ids)}
+        # Everything RabbitMQ may still bring whose effect this checkpoint holds.
+        return {"unacked_ids": list(self._applied.elements())}
 
     def ack(self, position: Any) -> None:
-        if self._last_tag:
-            self._channel.basic_ack(delivery_tag=self._last_tag, multiple=True)
-        self._epoch_ids = []
-        self._seen_before = set()
+        self._epoch = Counter()
+        try:
+            if self._last_tag:
+                self._channel.basic_ack(delivery_tag=self._last_tag, multiple=True)
+                self._last_tag = 0  # acknowledging a tag twice closes the channel
+        except self._pika.exceptions.AMQPError as exc:
+            self._reconnect(exc)  # the committed messages come again, and are dropped
+            return
+        # Messages of the epoch read before a lost connection stay applied: they come
+        # again, and are dropped then.
+        acked, self._pending = self._pending, Counter()
+        if self._confirm():
+            self._applied -= acked
 
     def close(self) -> None:
         try:

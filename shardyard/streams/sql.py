@@ -19,7 +19,7 @@ from shardyard.state.base import StateStoreError
 from shardyard.state.sql import create_tables
 from shardyard.streams.base import Sink
 
-__all__ = ["SqlUpsertSink"]
+__all__ = ["DeadLetterTable", "SqlUpsertSink"]
 
 _TYPES = {"text": "String", "int": "BigInteger", "float": "Float", "bytes": "LargeBinary"}
 
@@ -43,12 +43,14 @@ class SqlUpsertSink(Sink):
         self._sa = sa
         self._engine = sa.create_engine(url, pool_pre_ping=True)
         meta = sa.MetaData()
-        cols = []
+        cols: list[Any] = []
         for name, kind in columns.items():
             if kind not in _TYPES:
                 raise ValueError(f"column {name!r}: type {kind!r} is not one of {sorted(_TYPES)}")
-            typ = getattr(sa, _TYPES[kind])
-            typ = typ(200) if kind == "text" and name in key_columns else typ()
+            if kind == "text":  # keys: VARCHAR(200) (MySQL indexes need a length)
+                typ = sa.String(200) if name in key_columns else sa.Text()
+            else:
+                typ = getattr(sa, _TYPES[kind])()
             cols.append(sa.Column(name, typ, primary_key=name in key_columns))
         cols.append(sa.Column("shardyard_checkpoint", sa.BigInteger, nullable=False))
         self.table = sa.Table(table, meta, *cols)
@@ -106,3 +108,25 @@ class SqlUpsertSink(Sink):
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+class DeadLetterTable(SqlUpsertSink):
+    """A job's dead letters in a SQL table: one row per record, by (job, id).
+
+    Columns: ``job``, ``id`` (the record's id), ``stage`` (``decode`` or ``handler``),
+    ``error`` (for a handler: shard, key and the original traceback), ``payload`` (the
+    message as text) and ``shardyard_checkpoint``. Written with the checkpoint, so a
+    rewritten checkpoint replaces its rows: each dead letter is there once.
+
+    Example:
+        >>> dead = DeadLetterTable("sqlite:///jobs.db", job="totals")   # doctest: +SKIP
+        >>> pool.run(source, sink, dead_letters=dead)                   # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, job: str, table: str = "shardyard_dead_letters") -> None:
+        columns = {"job": "text", "id": "text", "stage": "text", "error": "text"}
+        super().__init__(url, table, ["job", "id"], {**columns, "payload": "text"})
+        self.job = job
+
+    def write(self, checkpoint_id: int, outputs: list[Any]) -> None:
+        super().write(checkpoint_id, [{**o, "job": self.job} for o in outputs])
