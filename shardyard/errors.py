@@ -28,6 +28,7 @@ __all__ = [
     "SerializationError",
     "ShardFailedError",
     "ShardyardError",
+    "SourceError",
     "StartTimeoutError",
     "TaskError",
     "UnknownStrategyError",
@@ -248,3 +249,8 @@ class ClusterConnectionError(ShardyardError, ConnectionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ClusterConnectionError, (self.address, self.reason, self.message))
+
+
+class SourceError(ShardyardError, RuntimeError):
+    """A streaming source's server cannot be used (down, refused the login, no such queue
+    or stream); the message names the server and the cause."""

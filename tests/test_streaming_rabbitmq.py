@@ -7,9 +7,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +22,11 @@ from streaming_helpers import (
     close_connections,
     depth,
     expected_totals,
+    kill_and_run_again,
     new_table,
     publish,
     rabbitmq_queue,
+    start_job,
     take_table,
 )
 
@@ -37,77 +36,11 @@ from shardyard.state import open_store
 from shardyard.streams.rabbitmq import RabbitMQSource, SourceError
 from shardyard.streams.sql import DeadLetterTable, SqlUpsertSink
 
-JOB = textwrap.dedent(
-    """
-    import json, os, sys
-    from shardyard import Shard, ShardPool
-    from shardyard.streams.rabbitmq import RabbitMQSource
-    from shardyard.streams.sql import SqlUpsertSink
-
-    class Totals(Shard):
-        def setup(self, shard_id):
-            self.totals = {}
-        def process_item(self, event):
-            total, count = self.totals.get(event["key"], (0, 0))
-            self.totals[event["key"]] = (total + event["value"], count + 1)
-            total, count = self.totals[event["key"]]
-            return {"key": event["key"], "total": total, "count": count}
-        def snapshot(self):
-            return dict(self.totals)
-        def restore(self, state):
-            self.totals = dict(state)
-
-    amqp, queue, store, sink_url, table = sys.argv[1:6]
-    source = RabbitMQSource(amqp, queue, prefetch=2000, idle_timeout_s=3.0)
-    crash_at = int(os.environ.get("CRASH_AT_ACK", "0"))
-    if crash_at:  # die after a checkpoint's commit, before its acknowledgements
-        acks, real_ack = [0], source.ack
-        def ack(position):
-            acks[0] += 1
-            if acks[0] == crash_at:
-                os._exit(9)
-            real_ack(position)
-        source.ack = ack
-    sink = SqlUpsertSink(sink_url, table, key_columns=["key"],
-                         columns={"key": "text", "total": "int", "count": "int"})
-    with ShardPool(Totals, num_actors=2, num_shards=8, name="totals", store=store) as pool:
-        report = pool.run(source, sink, key=lambda e: e["key"], checkpoint_interval_s=1.0)
-    source.close()
-    print(json.dumps({"records": report.records, "resumed_from": report.resumed_from,
-                      "duplicates_dropped": source.duplicates_dropped}))
-    """
-)
-
 
 @pytest.fixture
 def queue() -> Iterator[str]:
     with rabbitmq_queue() as name:
         yield name
-
-
-def _job(tmp_path: Path, *args: str, crash_at_ack: int = 0) -> subprocess.Popen[str]:
-    script = tmp_path / "job.py"
-    script.write_text(JOB)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["CRASH_AT_ACK"] = str(crash_at_ack)
-    if crash_at_ack:  # output to files: a process that dies leaves Ray holding pipes
-        with open(tmp_path / "crash.out", "w") as out:
-            return subprocess.Popen(
-                [sys.executable, str(script), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
-    return subprocess.Popen(
-        [sys.executable, str(script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
 
 
 @pytest.mark.timeout(600)
@@ -118,27 +51,7 @@ def test_100k_events_survive_a_driver_kill(database: str, queue: str, tmp_path: 
     events = [{"key": f"k{i % 997}", "value": i % 13} for i in range(100_000)]
     publish(queue, events)
     table = new_table()
-    store = f"sqlite:///{tmp_path}/ckpt.db"
-    args = (AMQP, queue, store, sink_url, table)
-    first = _job(tmp_path, *args)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            last = open_store(store).latest("totals") if (tmp_path / "ckpt.db").exists() else None
-            if last is not None and last.checkpoint_id >= 5:
-                break
-            assert first.poll() is None, first.communicate()[1][-3000:]
-            time.sleep(0.05)
-        os.killpg(first.pid, signal.SIGKILL)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        first.communicate(timeout=60)
-    again = _job(tmp_path, *args)
-    out, err = again.communicate(timeout=400)
-    assert again.returncode == 0, err[-3000:]
-    report = json.loads(out.splitlines()[-1])
-    assert report["resumed_from"] >= 5
+    report = kill_and_run_again(tmp_path, "rabbitmq", AMQP, queue, sink_url, table)
     assert take_table(sink_url, table) == expected_totals(events)  # none lost or doubled
     assert depth(queue) == 0
     print(f"resumed from checkpoint {report['resumed_from']}; {report['records']} records after")
@@ -159,8 +72,8 @@ def test_a_crash_between_commit_and_ack_applies_nothing_twice_in_mariadb(
     events = [{"key": f"k{i % 301}", "value": i % 7} for i in range(20_000)]
     publish(queue, events)
     table = new_table()
-    args = (AMQP, queue, f"sqlite:///{tmp_path}/ckpt.db", MARIADB_URL, table)
-    crashed = _job(tmp_path, *args, crash_at_ack=3)
+    args = ("rabbitmq", AMQP, queue, f"sqlite:///{tmp_path}/ckpt.db", MARIADB_URL, table)
+    crashed = start_job(tmp_path, *args, crash_at_ack=3)
     try:
         # wait(), not communicate(): the Ray it started may hold the pipes a while longer.
         code = crashed.wait(timeout=300)
@@ -168,7 +81,7 @@ def test_a_crash_between_commit_and_ack_applies_nothing_twice_in_mariadb(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(crashed.pid, signal.SIGKILL)  # whatever of its Ray is left
     assert code == 9, (tmp_path / "crash.out").read_text()[-3000:]  # after commit 3, before acks
-    again = _job(tmp_path, *args)
+    again = start_job(tmp_path, *args)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-3000:]
     report = json.loads(out.splitlines()[-1])

@@ -23,17 +23,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from shardyard.errors import ShardyardError
+from shardyard.errors import SourceError
 from shardyard.streams.base import Record, Source
 from shardyard.streams.codecs import Codec, decode_record, decoder
 
 __all__ = ["RabbitMQSource", "SourceError"]
 
 _log = logging.getLogger("shardyard.streams")
-
-
-class SourceError(ShardyardError, RuntimeError):
-    """A source's server cannot be used; the message names the server and the cause."""
 
 
 class RabbitMQSource(Source):
