@@ -9,6 +9,9 @@ parser); each parser sets ``func`` to the function that runs it and returns the 
   with its own token (see :mod:`shardyard.cluster.local`).
 * ``shardyard submit SCRIPT [ARGS...]``: run a script as a Ray Job, following its logs; its
   exit status becomes this command's (see :mod:`shardyard.cluster.jobs`).
+* ``shardyard run JOB.py [ARGS...]``: run a streaming job script in this process, on an
+  embedded local Ray or ``--address``; SIGINT or SIGTERM ends its jobs at their next
+  checkpoint (see :mod:`shardyard.streams.job`), a second one aborts.
 
 Example:
     >>> from shardyard.cli import build_parser
@@ -296,10 +299,76 @@ def _run_submit(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a streaming job script; SIGINT/SIGTERM stop it at its next checkpoint",
+        description=(
+            "Run JOB.py (as `python JOB.py ARGS...` would) connected to Ray: an embedded "
+            "local Ray, or the cluster --address / RAY_ADDRESS names. The first SIGINT or "
+            "SIGTERM makes its running jobs (pool.run) close their epoch with a checkpoint "
+            "and return, so the script ends normally; started again with the same pool "
+            "name and store, it resumes there. A second signal aborts (the next run resumes "
+            "from the last committed checkpoint)."
+        ),
+    )
+    p.add_argument("script", help="the job script")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    p.add_argument("--address", default=None, help="a Ray cluster (default: embedded)")
+    p.set_defaults(func=_run_job_script)
+
+
+def _run_job_script(args: argparse.Namespace) -> int:
+    import runpy
+    import signal
+    import traceback
+
+    import shardyard
+    from shardyard.streams.job import STOP, request_stop
+
+    def on_signal(signum: int, frame: object) -> None:
+        if STOP.is_set():
+            raise KeyboardInterrupt(f"signal {signum} again: aborting")
+        print(
+            f"shardyard run: signal {signum}: stopping at the next checkpoint "
+            "(send it again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
+        request_stop()
+
+    try:
+        shardyard.connect(args.address)
+    except shardyard.ClusterConnectionError as exc:
+        print(f"shardyard run: {exc}", file=sys.stderr)
+        return 1
+    # After connecting: Ray installs its own SIGTERM handler (which exits at once).
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv = sys.argv
+    sys.argv = [args.script, *args.args]
+    try:
+        runpy.run_path(args.script, run_name="__main__")
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt as exc:
+        print(f"shardyard run: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv = argv
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        shardyard.disconnect()
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "demo": _add_demo,
     "cluster": _add_cluster,
     "submit": _add_submit,
+    "run": _add_run,
 }
 
 

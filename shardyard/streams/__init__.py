@@ -7,12 +7,29 @@ position as one checkpoint, then acknowledges the source. Started again after a 
 with the same ``name`` and ``store``, it resumes from the newest complete checkpoint:
 shard state, source position and sink parts agree, so nothing is lost or applied twice.
 
+Sources: :class:`FileSource` here, ``RabbitMQSource`` (:mod:`shardyard.streams.rabbitmq`,
+extra ``rabbitmq``), ``RedisStreamSource`` (:mod:`shardyard.streams.redis_streams`, extra
+``redis``). Sinks: :class:`FileSink`, ``SqlUpsertSink`` and ``DeadLetterTable``
+(:mod:`shardyard.streams.sql`, extras ``postgres``/``mysql``/``sql``).
+
 Example:
     >>> from shardyard.streams import FileSink, FileSource
     >>> pool.run(FileSource("in/*.txt"), FileSink("out"), key=str.split)  # doctest: +SKIP
 """
 
 from shardyard.streams.base import Record, Sink, Source
+from shardyard.streams.codecs import Codec, decoder
 from shardyard.streams.files import FileSink, FileSource
+from shardyard.streams.job import RunReport, request_stop
 
-__all__ = ["FileSink", "FileSource", "Record", "Sink", "Source"]
+__all__ = [
+    "Codec",
+    "FileSink",
+    "FileSource",
+    "Record",
+    "RunReport",
+    "Sink",
+    "Source",
+    "decoder",
+    "request_stop",
+]
