@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -219,6 +220,45 @@ def test_the_broker_closing_the_connection_loses_nothing(
     assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
     assert depth(queue) == 0
     print(f"{source.reconnects} reconnects, {source.duplicates_dropped} redeliveries dropped")
+
+
+@pytest.mark.timeout(300)
+def test_a_rabbitmq_restart_mid_run_loses_nothing(
+    ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
+) -> None:
+    """The RabbitMQ application stops and starts again (``rabbitmqctl stop_app`` /
+    ``start_app``: every connection drops and the listener is gone for a while; the durable
+    queue and its persistent messages come back)."""
+    require("postgresql")
+    events = [{"key": f"k{i % 97}", "value": i % 11} for i in range(20_000)]
+    publish(queue, events)
+    table = new_table()
+    sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
+    source = RabbitMQSource(AMQP, queue, codec=Event, prefetch=500, idle_timeout_s=3.0)
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    try:
+        with ShardPool(
+            ModelTotals, num_actors=2, num_shards=4, name="restart", store=store
+        ) as pool:
+            thread, result = _run_in_thread(
+                pool, source, sink, key=lambda e: e.key, checkpoint_interval_s=0.5
+            )
+            _wait_for_checkpoint(store, "restart", 2, thread)
+            try:
+                subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, check=True)
+                time.sleep(3)  # down for a while: the source keeps trying
+            finally:
+                subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, check=True)
+            thread.join(timeout=200)
+        assert not thread.is_alive()
+    finally:
+        source.close()
+        sink.close()
+    report = result[0]
+    assert not isinstance(report, BaseException), report
+    assert source.reconnects >= 1
+    assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
+    assert depth(queue) == 0
 
 
 @pytest.mark.timeout(400)

@@ -39,6 +39,10 @@ __all__ = ["Codec", "decode_record", "decoder"]
 Codec = Literal["json", "text", "bytes"] | type | Callable[[bytes], Any]
 
 
+def _json(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8"))  # UTF-8, as RFC 8259 asks: no sniffing
+
+
 def _text(body: bytes) -> str:
     return body.decode("utf-8")
 
@@ -54,7 +58,7 @@ def decoder(codec: Codec) -> Callable[[bytes], Any]:
         ValueError: ``codec`` names no codec.
     """
     if codec == "json":
-        return json.loads
+        return _json
     if codec == "text":
         return _text
     if codec == "bytes":

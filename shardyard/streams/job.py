@@ -63,7 +63,7 @@ class RunReport:
         records: records read and processed by this run.
         checkpoints: checkpoints this run committed.
         resumed_from: the checkpoint id it started from (0: none).
-        seconds: how long it ran.
+        seconds: how long it ran (with a source's idle timeout at the end).
         dead_letters: records that went to the dead letters (undecodable, or their handler
             failed past the retries).
         stopped: it was stopped before its source ended.
@@ -137,7 +137,7 @@ def run_job(
         due = time.monotonic() - epoch_start >= checkpoint_interval_s
         # Close the epoch when it is due, at the end, or when the source has nothing more
         # for now: its records are acknowledged only then, which frees its window.
-        if ended or (in_epoch and (due or idle)):
+        if in_epoch and (ended or due or idle):
             _commit_epoch(pool, source, sink, outputs, dead_letters, dead)
             checkpoints += 1
             dead_total += len(dead)

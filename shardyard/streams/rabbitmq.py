@@ -85,6 +85,7 @@ class RabbitMQSource(Source):
         # Ids delivered on this channel that the next multiple-ack covers (a lost
         # connection voids them: RabbitMQ brings them again).
         self._pending: Counter[str] = Counter()
+        self._unacked = 0  # deliveries on this channel not acknowledged: at most prefetch
         self._acked: list[str] = []  # duplicates acknowledged alone, not yet confirmed
         self._last_tag = 0
         #: Messages that came again after a crash or a lost connection and were dropped
@@ -128,6 +129,7 @@ class RabbitMQSource(Source):
             self._conn.close()
         self._acked = []  # those acknowledgements may be lost: keep their ids applied
         self._pending = Counter()
+        self._unacked = 0
         deadline = time.monotonic() + self.reconnect_timeout_s
         while True:
             try:
@@ -149,6 +151,8 @@ class RabbitMQSource(Source):
     def read(self, max_records: int) -> list[Record] | None:
         out: list[Record] = []
         while len(out) < max_records:
+            if self._unacked >= self.prefetch:
+                break  # nothing more comes before the checkpoint acknowledges the window
             try:
                 method, props, body = next(self._consumer)
             except self._pika.exceptions.AMQPError as exc:
@@ -174,6 +178,7 @@ class RabbitMQSource(Source):
                 if self._epoch[mid] > 0:
                     self._last_tag = method.delivery_tag  # acknowledged with its epoch
                     self._pending[mid] += 1
+                    self._unacked += 1
                 elif self._ack_one(method.delivery_tag):
                     # Covered by a committed checkpoint: acknowledged now, alone (a later
                     # multiple-ack skips it), so a window of duplicates never stalls.
@@ -183,6 +188,7 @@ class RabbitMQSource(Source):
             self._applied[mid] += 1
             self._epoch[mid] += 1
             self._pending[mid] += 1
+            self._unacked += 1
             out.append(decode_record(self._decode, body, mid))
         if self._acked and self._confirm():
             self._applied -= Counter(self._acked)
@@ -223,7 +229,7 @@ class RabbitMQSource(Source):
             return
         # Messages of the epoch read before a lost connection stay applied: they come
         # again, and are dropped then.
-        acked, self._pending = self._pending, Counter()
+        acked, self._pending, self._unacked = self._pending, Counter(), 0
         if self._confirm():
             self._applied -= acked
 
