@@ -324,18 +324,22 @@ def _run_job_script(args: argparse.Namespace) -> int:
     import traceback
 
     import shardyard
-    from shardyard.streams.job import STOP, request_stop
+    from shardyard.streams.job import request_stop
+
+    signals = [0]
 
     def on_signal(signum: int, frame: object) -> None:
-        if STOP.is_set():
+        signals[0] += 1
+        if signals[0] > 1:
             raise KeyboardInterrupt(f"signal {signum} again: aborting")
+        if request_stop() == 0:
+            raise KeyboardInterrupt(f"signal {signum} with no job running: exiting")
         print(
             f"shardyard run: signal {signum}: stopping at the next checkpoint "
             "(send it again to abort)",
             file=sys.stderr,
             flush=True,
         )
-        request_stop()
 
     try:
         shardyard.connect(args.address)

@@ -8,21 +8,23 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import shardyard
 from shardyard import ConfigError, Shard, ShardPool
 from shardyard.state import open_store
-from shardyard.streams import FileSink, FileSource
+from shardyard.streams import FileSink, FileSource, Record
 
 JOB = textwrap.dedent(
     """
     import json, sys, time
     from shardyard import Shard, ShardPool
-    from shardyard.streams import FileSink, FileSource
+    from shardyard.streams import FileSink, FileSource, Record
 
     class RunningSum(Shard):
         def setup(self, shard_id):
@@ -167,6 +169,7 @@ def test_a_handler_failing_past_its_retries_is_a_dead_letter(
     lines = [f"k{i % 7} {i}" for i in range(500)]
     lines[10] = "k3 5 fail"
     lines[20] = "k6 1 flaky"  # succeeds when tried again
+    lines[30] = ""  # the key function raises on it
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     dead = FileSink(str(tmp_path / "dead"), codec="json")
     store = f"sqlite:///{tmp_path}/ckpt.db"
@@ -183,14 +186,70 @@ def test_a_handler_failing_past_its_retries_is_a_dead_letter(
         for line in part.read_text().splitlines():
             key, value = line.split()
             sums[key] = int(value)
-    assert report.records == 500 and report.dead_letters == 1
+    assert report.records == 500 and report.dead_letters == 2
     letters = [json.loads(x) for p in dead.parts() for x in p.read_text().splitlines()]
-    assert [(d["stage"], d["payload"]) for d in letters] == [("handler", "k3 5 fail")]
+    letters.sort(key=lambda d: d["stage"])
+    assert [(d["stage"], d["payload"]) for d in letters] == [("handler", "k3 5 fail"), ("key", "")]
+    assert letters[1]["error"].startswith("IndexError")
     assert letters[0]["id"].endswith("in.txt@50") and "shard" in letters[0]["error"]
     assert "key 'k3'" in letters[0]["error"] and "RuntimeError: cannot take" in letters[0]["error"]
     expected: dict[str, int] = {}
     for i, line in enumerate(lines):
-        if i != 10:
+        if i not in (10, 30):
             key, value = line.split()[:2]
             expected[key] = expected.get(key, 0) + int(value)
     assert sums == expected  # the flaky line once, the failing one not at all
+
+
+def test_a_stopped_job_goes_on_in_the_same_pool_and_a_failed_one_says_start_anew(
+    ray_local: shardyard.ClusterInfo, tmp_path: Path
+) -> None:
+    lines = [f"k{i % 7} {i}" for i in range(3000)]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    out = FileSink(str(tmp_path / "out"))
+    stop = threading.Event()
+    seen: list[str] = []
+
+    class Stopping(FileSource):
+        def read(self, max_records: int) -> list[Record] | None:
+            got = super().read(min(max_records, 500))
+            seen.extend(r.value for r in got or [])
+            if len(seen) >= 1000:
+                stop.set()  # the job ends after this epoch
+            return got
+
+    class FailingSink(FileSink):
+        def write(self, checkpoint_id: int, outputs: list[Any]) -> None:
+            raise OSError("disk full")
+
+    key = lambda line: line.split()[0]  # noqa: E731
+    pattern = str(tmp_path / "*.txt")
+    with ShardPool(Flaky, num_actors=2, num_shards=4, name="again", store=store) as pool:
+        first = pool.run(Stopping(pattern), out, key=key, stop=stop)
+        assert first.stopped and 1000 <= first.records < 3000
+        second = pool.run(Stopping(pattern), out, key=key, stop=threading.Event())
+        assert not second.stopped and first.records + second.records == 3000  # none twice
+    more = tmp_path / "more"
+    more.mkdir()
+    for f in range(2):  # a second input: one that fails in the sink, then for real
+        (more / f"in-{f}.txt").write_text("k1 1\nk2 2\n")
+    store = f"sqlite:///{tmp_path}/more.db"
+    with ShardPool(Flaky, num_actors=2, num_shards=4, name="more", store=store) as pool:
+        with pytest.raises(OSError, match="disk full"):
+            pool.run(FileSource(str(more / "*.txt")), FailingSink(str(tmp_path / "x")), key=key)
+        with pytest.raises(ConfigError, match=r"an earlier run\(\) on pool 'more' failed"):
+            pool.run(FileSource(str(more / "*.txt")), out, key=key)
+    with ShardPool(Flaky, num_actors=2, num_shards=4, name="more", store=store) as pool:
+        third = pool.run(FileSource(str(more / "*.txt")), FileSink(str(tmp_path / "m")), key=key)
+    assert third.records == 4 and third.resumed_from == 0  # the failed epoch left nothing
+    sums: dict[str, int] = {}
+    for part in out.parts():
+        for line in part.read_text().splitlines():
+            k, v = line.split()
+            sums[k] = int(v)
+    expected: dict[str, int] = {}
+    for line in lines:
+        k, v = line.split()
+        expected[k] = expected.get(k, 0) + int(v)
+    assert sums == expected  # each line once across the two runs

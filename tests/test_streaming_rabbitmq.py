@@ -154,6 +154,7 @@ def test_malformed_messages_go_to_the_dead_letter_table(
     events: list[Any] = [{"key": f"k{i % 31}", "value": i % 5} for i in range(3000)]
     bad = {
         100: b"{not json",
+        101: b"{not json",  # the same again: its own dead letter
         1200: json.dumps({"key": "k1", "value": "many"}).encode(),  # fails validation
         2500: json.dumps({"key": "k2", "value": -5}).encode(),  # the handler raises
     }
@@ -173,10 +174,10 @@ def test_malformed_messages_go_to_the_dead_letter_table(
         dead.table.drop(dead._engine)
         dead.close()
         sink.close()
-    assert report.records == 3000 and report.dead_letters == 3
+    assert report.records == 3000 and report.dead_letters == 4
     good = [e for i, e in enumerate(events) if i not in bad]
     assert take_table(POSTGRES_URL, table) == expected_totals(good)  # each applied once
-    assert sorted(letters) == ["m100", "m1200", "m2500"]
+    assert sorted(letters) == ["m100", "m101", "m1200", "m2500"]
     assert letters["m100"]["stage"] == "decode" and "Invalid JSON" in letters["m100"]["error"]
     assert letters["m100"]["payload"] == "{not json"
     assert letters["m1200"]["stage"] == "decode"
@@ -301,3 +302,26 @@ def _actor_pid(pool: ShardPool, actor: int) -> int:
             return a.pid
         time.sleep(0.05)
     raise AssertionError(f"actor {actor} is not running")
+
+
+def test_messages_without_an_id_are_never_dropped_when_they_come_again(queue: str) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    for _ in range(3):  # identical bodies, no message_id: nothing tells them apart
+        conn.channel().basic_publish("", queue, b'{"key": "a", "value": 1}')
+    conn.close()
+    source = RabbitMQSource(AMQP, queue, idle_timeout_s=1.0)
+    try:
+        got = source.read(1) or []  # one applied; the others handed out, not read
+        assert close_connections(f"shardyard:{queue}") == 1
+        while (chunk := source.read(100)) is not None:
+            got += chunk
+            if not chunk and got:
+                source.ack(source.position())
+        source.ack(source.position())
+    finally:
+        source.close()
+    # At least once: every message, and the one read before the connection went, again.
+    assert 3 < len(got) <= 3 + source.redelivered_without_id
+    assert source.duplicates_dropped == 0 and depth(queue) == 0

@@ -164,3 +164,28 @@ def test_a_wrong_password_and_a_missing_stream_name_the_server(stream: str) -> N
         RedisStreamSource(REDIS, "no-such-stream")
     with pytest.raises(SourceError, match=r"cannot connect to Redis at 127\.0\.0\.1:1 "):
         RedisStreamSource("redis://127.0.0.1:1/0", stream, reconnect_timeout_s=1)
+
+
+def test_an_entry_deleted_before_it_was_processed_is_a_dead_letter(stream: str) -> None:
+    import redis
+
+    _add(stream, [{"key": "a", "value": i} for i in range(3)])
+    first = RedisStreamSource(REDIS, stream, idle_timeout_s=0.5)
+    first.restore(None)
+    while not (got := first.read(10)):  # handed to the consumer, then the driver dies
+        pass
+    first.close()
+    client = redis.Redis.from_url(REDIS)
+    client.xdel(stream, got[1].id)
+    client.close()
+    again = RedisStreamSource(REDIS, stream, idle_timeout_s=0.5)
+    again.restore(None)
+    records = []
+    while (chunk := again.read(10)) is not None:
+        records += chunk
+        if not chunk:  # as the job does: checkpoint when the source is idle
+            again.ack(again.position())
+    again.close()
+    assert [r.id for r in records] == [r.id for r in got]
+    assert records[1].error == "the entry was deleted from the stream before it was processed"
+    assert [r.value for r in records if r.error is None] == [got[0].value, got[2].value]

@@ -161,6 +161,9 @@ class ShardPool:
         self._actor_node: dict[int, str] = {}  # actor index -> the node it was started on
         self._store: StateStore | None = None  # opened at start when config.store is set
         self._restored_from: Checkpoint | None = None
+        # The checkpoint the last run() ended at (-1: no run yet; None: a run failed and
+        # left the shards past its last checkpoint). See shardyard.streams.job.
+        self._job_checkpoint: int | None = -1
         self._scale_lock = threading.Lock()  # one scale at a time
         self._scaling: concurrent.futures.Future[Any] | None = None  # the scale under way
         self._autoscaler: Autoscaler | None = None

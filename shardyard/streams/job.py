@@ -32,10 +32,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shardyard.errors import ConfigError, TaskError
+from shardyard.state.base import Checkpoint
 from shardyard.streams.base import Record, Sink, Source
 
 if TYPE_CHECKING:
@@ -45,14 +46,25 @@ __all__ = ["RunReport", "request_stop", "run_job"]
 
 _log = logging.getLogger("shardyard.streams")
 
-#: Set by :func:`request_stop`: running jobs close their epoch and return.
-STOP = threading.Event()
+#: The part id under which a checkpoint keeps the source's position as it was once the
+#: checkpoint's acknowledgements were confirmed (a broker then brings none of them again).
+ACKED_PART = -1
+
+_running_lock = threading.Lock()
+_running: set[threading.Event] = set()  # the default stop events of the running jobs
 
 
-def request_stop() -> None:
-    """Make every job of this process that waits on the default ``stop`` end after its
-    current epoch's checkpoint (``shardyard run`` calls it on SIGINT and SIGTERM)."""
-    STOP.set()
+def request_stop() -> int:
+    """Make every job of this process that is running with the default ``stop`` end after
+    its current epoch's checkpoint (``shardyard run`` calls it on SIGINT and SIGTERM).
+
+    Returns:
+        How many running jobs it asked to stop (a job started later is not affected).
+    """
+    with _running_lock:
+        for event in _running:
+            event.set()
+        return len(_running)
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class RunReport:
         dead_letters: records that went to the dead letters (undecodable, or their handler
             failed past the retries).
         stopped: it was stopped before its source ended.
+        checkpoint_id: the last checkpoint it committed (0: none).
     """
 
     records: int
@@ -75,6 +88,7 @@ class RunReport:
     seconds: float
     dead_letters: int = 0
     stopped: bool = False
+    checkpoint_id: int = 0
 
 
 def run_job(
@@ -89,31 +103,93 @@ def run_job(
     stop: threading.Event | None = None,
 ) -> RunReport:
     """Run ``source`` through ``pool`` into ``sink`` until the source ends or ``stop`` is
-    set (see the module doc).
+    set (default: an event :func:`request_stop` sets; see the module doc).
 
     Raises:
         ConfigError: the pool has no ``name`` and ``store`` (a job needs durable checkpoints),
-            or its newest checkpoint was not written by a job.
+            its newest checkpoint was not written by a job, or an earlier run on this pool
+            failed (its shards hold work past the last checkpoint: start a new pool).
     """
     cfg = pool.config
     if cfg.name is None or cfg.store is None:
         raise ConfigError("run() needs a pool with name= and store= (durable checkpoints)")
     if retries < 0:
         raise ConfigError(f"retries must be >= 0, not {retries}")
-    stop = STOP if stop is None else stop
     start = time.monotonic()
+    restored = _resume_point(pool)
+    source.restore(_source_position(pool, restored))
+    if stop is None:
+        stop = threading.Event()
+        with _running_lock:
+            _running.add(stop)
+    pool._job_checkpoint = None  # in flight: a failure leaves the shards past a checkpoint
+    try:
+        report = _loop(
+            pool, source, sink, key, checkpoint_interval_s, max_records, dead_letters, retries, stop
+        )
+    finally:
+        with _running_lock:
+            _running.discard(stop)
+    pool._job_checkpoint = report.checkpoint_id or _id(restored)
+    return replace(report, resumed_from=_id(restored), seconds=time.monotonic() - start)
+
+
+def _id(checkpoint: Checkpoint | None) -> int:
+    return checkpoint.checkpoint_id if checkpoint is not None else 0
+
+
+def _resume_point(pool: ShardPool) -> Checkpoint | None:
+    """The checkpoint the pool's shards hold: the one it started from, or the one its last
+    run ended at."""
     restored = pool.restored_from  # starts the pool
-    meta: dict[str, Any] = {}
-    if restored is not None and restored.meta:
-        try:
-            meta = json.loads(restored.meta)
-        except ValueError:
-            raise ConfigError(
-                f"checkpoint {restored.checkpoint_id} of pool {cfg.name!r} was not written by "
-                "run() (its meta is not a job's): use another name for this job"
-            ) from None
-    source.restore(meta.get("source"))
-    records = checkpoints = in_epoch = dead_total = 0
+    assert pool.config.name is not None and pool._store is not None
+    ended_at = _id(restored) if pool._job_checkpoint == -1 else pool._job_checkpoint
+    if ended_at is None:
+        raise ConfigError(
+            f"an earlier run() on pool {pool.config.name!r} failed: its shards hold work past "
+            "its last checkpoint. Close the pool and run a new one with the same name and "
+            "store: it resumes from that checkpoint, nothing lost or applied twice"
+        )
+    latest = pool._store.latest(pool.config.name)
+    if _id(latest) != ended_at:
+        raise ConfigError(
+            f"pool {pool.config.name!r} holds checkpoint {ended_at} but the store's newest is "
+            f"{_id(latest)}: another process runs this job? Use one pool per name"
+        )
+    return latest
+
+
+def _source_position(pool: ShardPool, checkpoint: Checkpoint | None) -> Any:
+    """Where the source resumes: the position kept once the checkpoint's acknowledgements
+    were confirmed, or else the one committed with it."""
+    if checkpoint is None:
+        return None
+    assert pool.config.name is not None and pool._store is not None
+    try:
+        data = pool._store.get_part(pool.config.name, checkpoint.checkpoint_id, ACKED_PART)
+    except KeyError:
+        data = checkpoint.meta
+    try:
+        return json.loads(data)["source"] if data else None
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"checkpoint {checkpoint.checkpoint_id} of pool {pool.config.name!r} was not "
+            "written by run() (its meta is not a job's): use another name for this job"
+        ) from None
+
+
+def _loop(
+    pool: ShardPool,
+    source: Source,
+    sink: Sink | None,
+    key: Callable[[Any], Any] | None,
+    checkpoint_interval_s: float,
+    max_records: int,
+    dead_letters: Sink | None,
+    retries: int,
+    stop: threading.Event,
+) -> RunReport:
+    records = checkpoints = in_epoch = dead_total = last_id = 0
     outputs: list[Any] = []
     dead: list[dict[str, Any]] = []
     epoch_start = time.monotonic()
@@ -138,7 +214,7 @@ def run_job(
         # Close the epoch when it is due, at the end, or when the source has nothing more
         # for now: its records are acknowledged only then, which frees its window.
         if in_epoch and (ended or due or idle):
-            _commit_epoch(pool, source, sink, outputs, dead_letters, dead)
+            last_id = _commit_epoch(pool, source, sink, outputs, dead_letters, dead)
             checkpoints += 1
             dead_total += len(dead)
             outputs, dead, in_epoch = [], [], 0
@@ -148,36 +224,49 @@ def run_job(
     return RunReport(
         records=records,
         checkpoints=checkpoints,
-        resumed_from=restored.checkpoint_id if restored is not None else 0,
-        seconds=time.monotonic() - start,
+        resumed_from=0,
+        seconds=0.0,
         dead_letters=dead_total,
         stopped=stopped,
+        checkpoint_id=last_id,
     )
 
 
 def _map(
     pool: ShardPool, records: list[Record], key: Callable[[Any], Any] | None, retries: int
 ) -> tuple[list[Any], list[dict[str, Any]]]:
-    """The records' outputs (``None`` left out) and the dead letters of those whose handler
-    failed ``retries + 1`` times (a retry runs after the rest of its chunk)."""
+    """The records' outputs (``None`` left out) and the dead letters of those whose key
+    function raised or whose handler failed ``retries + 1`` times (a retry runs after the
+    rest of its chunk)."""
     outputs: list[Any] = []
     dead: list[dict[str, Any]] = []
     todo = records
+    keys: list[Any] | None = None
+    if key is not None:
+        todo, keys = [], []
+        for r in records:
+            try:
+                k = key(r.value)
+            except Exception as exc:
+                dead.append(_dead_letter(r, "key", f"{type(exc).__name__}: {exc}"))
+                continue
+            todo.append(r)
+            keys.append(k)
     for attempt in range(retries + 1):
         values = [r.value for r in todo]
-        keys = [key(v) for v in values] if key is not None else None
         failed = []
         outs = pool.map(values, keys=keys, return_exceptions=True)
-        for record, out in zip(todo, outs, strict=True):
+        for record, k, out in zip(todo, keys or [None] * len(todo), outs, strict=True):
             if isinstance(out, TaskError):
-                failed.append((record, out))
+                failed.append((record, k, out))
             elif out is not None:
                 outputs.append(out)
         if not failed:
             break
         if attempt == retries:
-            dead += [_dead_letter(r, "handler", str(exc)) for r, exc in failed]
-        todo = [r for r, _ in failed]
+            dead += [_dead_letter(r, "handler", str(exc)) for r, _, exc in failed]
+        todo = [r for r, _, _ in failed]
+        keys = [k for _, k, _ in failed] if keys is not None else None
     return outputs, dead
 
 
@@ -196,7 +285,7 @@ def _commit_epoch(
     outputs: list[Any],
     dead_letters: Sink | None,
     dead: list[dict[str, Any]],
-) -> None:
+) -> int:
     assert pool.config.name is not None
     store = pool._store
     assert store is not None
@@ -215,3 +304,8 @@ def _commit_epoch(
     committed = pool.checkpoint(meta=json.dumps({"source": position}).encode())
     assert committed == cid, (committed, cid)
     source.ack(position)
+    # What may still come again now (a broker's confirmed acknowledgements took the rest
+    # out): kept with the checkpoint, a restart then drops no newer twin of those messages.
+    note = json.dumps({"source": source.position()}).encode()
+    store.put_part(pool.config.name, cid, ACKED_PART, note)
+    return cid

@@ -5,7 +5,9 @@ between that checkpoint's commit and its acknowledgements makes RabbitMQ redeliv
 the checkpoint records the ids of the messages it covers that were not yet acknowledged,
 and a redelivered message with one of those ids is acknowledged and dropped, never applied
 twice (as Flink's RabbitMQ source does with correlation ids). A message's id is its AMQP
-``message_id`` (publishers should set one); without it, the SHA-256 of its body.
+``message_id``: exactly once needs publishers to set one. A message without one cannot be
+told from an identical twin, so it is never dropped: redelivered, it is applied again (at
+least once), logged and counted in ``redelivered_without_id``.
 
 Bodies are decoded by the named codec (see :mod:`shardyard.streams.codecs`), never
 unpickled. A lost connection (the server closed it, or restarted) is made again.
@@ -77,20 +79,26 @@ class RabbitMQSource(Source):
         self.idle_timeout_s = idle_timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
         self._last_message = time.monotonic()
-        # Ids (with multiplicity) of messages whose effect is in the shards' state (in a
-        # committed checkpoint, or read in this epoch) and which RabbitMQ may bring again:
-        # their acknowledgement is not confirmed. A redelivery of one is dropped.
-        self._applied: Counter[str] = Counter()
-        self._epoch: Counter[str] = Counter()  # the ids read in this epoch
-        # Ids delivered on this channel that the next multiple-ack covers (a lost
-        # connection voids them: RabbitMQ brings them again).
+        # Every message whose effect is in the shards' state and which RabbitMQ may still
+        # bring again is counted (by id, with multiplicity) in exactly one of these:
+        # delivered on this channel in this epoch, acknowledged at the checkpoint:
         self._pending: Counter[str] = Counter()
+        # read in this epoch, its delivery voided by a lost connection (it comes again):
+        self._epoch_expected: Counter[str] = Counter()
+        # in a committed checkpoint, not known to be acknowledged (it may come again):
+        self._expected: Counter[str] = Counter()
+        # acknowledged, the acknowledgement not yet confirmed by a round trip:
+        self._acked: Counter[str] = Counter()
+        # A redelivery takes one count out (a twin body without a message id then counts as
+        # new), so nothing is dropped that was not applied.
         self._unacked = 0  # deliveries on this channel not acknowledged: at most prefetch
-        self._acked: list[str] = []  # duplicates acknowledged alone, not yet confirmed
+        self._epoch_size = 0  # messages read in this epoch
         self._last_tag = 0
         #: Messages that came again after a crash or a lost connection and were dropped
         #: because their effect was already in the state.
         self.duplicates_dropped = 0
+        #: Redelivered messages without a message_id, applied again (at least once).
+        self.redelivered_without_id = 0
         #: How many times a lost connection was made again.
         self.reconnects = 0
         self._connect()
@@ -127,9 +135,11 @@ class RabbitMQSource(Source):
         _log.warning("lost %s (%r); connecting again", self._where(), cause)
         with contextlib.suppress(Exception):
             self._conn.close()
-        self._acked = []  # those acknowledgements may be lost: keep their ids applied
-        self._pending = Counter()
-        self._unacked = 0
+        # Deliveries of the lost channel come again; acknowledgements not confirmed may
+        # have been lost.
+        self._epoch_expected += self._pending
+        self._expected += self._acked
+        self._pending, self._acked, self._unacked = Counter(), Counter(), 0
         deadline = time.monotonic() + self.reconnect_timeout_s
         while True:
             try:
@@ -145,8 +155,9 @@ class RabbitMQSource(Source):
         self.reconnects += 1
 
     def restore(self, position: Any) -> None:
-        self._applied = Counter(position.get("unacked_ids", [])) if position else Counter()
-        self._epoch = Counter()
+        self._expected = Counter(position.get("unacked_ids", [])) if position else Counter()
+        self._epoch_expected, self._pending, self._acked = Counter(), Counter(), Counter()
+        self._epoch_size = 0
 
     def read(self, max_records: int) -> list[Record] | None:
         out: list[Record] = []
@@ -159,67 +170,88 @@ class RabbitMQSource(Source):
                 self._reconnect(exc)
                 break
             if method is None:
-                # Nothing more right now (or the prefetch window is full: acked at the
-                # checkpoint the job takes when a read comes back empty).
+                # Nothing more right now.
                 quiet = time.monotonic() - self._last_message
                 if (
                     not out
-                    and not self._epoch
+                    and not self._epoch_size
                     and self.idle_timeout_s is not None
                     and quiet >= self.idle_timeout_s
                 ):
                     return None
                 break
             self._last_message = time.monotonic()
-            mid = props.message_id or hashlib.sha256(body).hexdigest()
-            if method.redelivered and self._applied[mid] > 0:
-                # Its effect is in the state already: never applied twice.
-                self.duplicates_dropped += 1
-                if self._epoch[mid] > 0:
-                    self._last_tag = method.delivery_tag  # acknowledged with its epoch
-                    self._pending[mid] += 1
-                    self._unacked += 1
-                elif self._ack_one(method.delivery_tag):
-                    # Covered by a committed checkpoint: acknowledged now, alone (a later
-                    # multiple-ack skips it), so a window of duplicates never stalls.
-                    self._acked.append(mid)
+            mid = props.message_id
+            tag = method.delivery_tag
+            if mid is None:
+                # No id: nothing tells a redelivery from a twin, so it is applied (again):
+                # at least once. Exactly once needs publishers to set message_id.
+                if method.redelivered:
+                    self.redelivered_without_id += 1
+                    if self.redelivered_without_id == 1:
+                        _log.warning(
+                            "%s redelivered a message without message_id: it is applied "
+                            "again (at least once); set message_id for exactly once",
+                            self._where(),
+                        )
+                self._unacked += 1
+                self._epoch_size += 1
+                self._last_tag = tag
+                out.append(decode_record(self._decode, body, hashlib.sha256(body).hexdigest()))
                 continue
-            self._last_tag = method.delivery_tag
-            self._applied[mid] += 1
-            self._epoch[mid] += 1
+            if method.redelivered and self._epoch_expected[mid] > 0:
+                # Read in this epoch before the connection was lost: its effect is in the
+                # state; this delivery is acknowledged with the epoch.
+                self._epoch_expected[mid] -= 1
+                self._pending[mid] += 1
+                self._unacked += 1
+                self._last_tag = tag
+                self.duplicates_dropped += 1
+                continue
+            if method.redelivered and self._expected[mid] > 0:
+                # In a committed checkpoint: acknowledged now, alone (a later multiple-ack
+                # skips it), so a window of duplicates never stalls.
+                self._expected[mid] -= 1
+                self.duplicates_dropped += 1
+                try:
+                    self._channel.basic_ack(delivery_tag=tag)
+                    self._acked[mid] += 1
+                except self._pika.exceptions.AMQPError as exc:
+                    self._expected[mid] += 1  # it comes again
+                    self._reconnect(exc)
+                    break
+                continue
             self._pending[mid] += 1
             self._unacked += 1
+            self._epoch_size += 1
+            self._last_tag = tag
             out.append(decode_record(self._decode, body, mid))
-        if self._acked and self._confirm():
-            self._applied -= Counter(self._acked)
-            self._acked = []
+        if self._acked and self._unacked == 0:
+            self._confirm()  # only duplicates were acknowledged since the last checkpoint
         return out
 
-    def _ack_one(self, tag: int) -> bool:
-        try:
-            self._channel.basic_ack(delivery_tag=tag)
-            return True
-        except self._pika.exceptions.AMQPError as exc:
-            self._reconnect(exc)  # the message comes again, and is dropped then
-            return False
-
-    def _confirm(self) -> bool:
-        """Whether RabbitMQ has processed the acknowledgements sent so far: a channel's
-        frames are handled in order, so the answer to a synchronous request after them
-        says so. ``False``: the connection was lost (and is made again)."""
+    def _confirm(self) -> None:
+        """Make sure RabbitMQ has processed the acknowledgements sent so far: a channel's
+        frames are handled in order, so the answer to a synchronous request after them says
+        so. A lost connection instead keeps their ids expected (and connects again)."""
         try:
             self._channel.basic_qos(prefetch_count=self.prefetch)
-            return True
         except self._pika.exceptions.AMQPError as exc:
             self._reconnect(exc)
-            return False
+            return
+        self._acked = Counter()
 
     def position(self) -> Any:
         # Everything RabbitMQ may still bring whose effect this checkpoint holds.
-        return {"unacked_ids": list(self._applied.elements())}
+        maybe_again = self._pending + self._epoch_expected + self._expected + self._acked
+        return {"unacked_ids": list(maybe_again.elements())}
 
     def ack(self, position: Any) -> None:
-        self._epoch = Counter()
+        # The epoch is committed: its messages are expected (not pending) from now on.
+        self._expected += self._epoch_expected
+        self._acked += self._pending
+        self._epoch_expected, self._pending = Counter(), Counter()
+        self._unacked = self._epoch_size = 0
         try:
             if self._last_tag:
                 self._channel.basic_ack(delivery_tag=self._last_tag, multiple=True)
@@ -227,11 +259,7 @@ class RabbitMQSource(Source):
         except self._pika.exceptions.AMQPError as exc:
             self._reconnect(exc)  # the committed messages come again, and are dropped
             return
-        # Messages of the epoch read before a lost connection stay applied: they come
-        # again, and are dropped then.
-        acked, self._pending, self._unacked = self._pending, Counter(), 0
-        if self._confirm():
-            self._applied -= acked
+        self._confirm()
 
     def close(self) -> None:
         try:

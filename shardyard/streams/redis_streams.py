@@ -131,24 +131,34 @@ class RedisStreamSource(Source):
         return client
 
     def _retry(self, command: Callable[[], Any]) -> Any:
-        """``command()``, connecting again while the connection is lost."""
-        deadline = time.monotonic() + self.reconnect_timeout_s
+        """``command()`` (one that may run twice, like XACK), connecting again while the
+        connection is lost."""
         while True:
             try:
                 return command()
+            except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+                self._reconnect(exc)
+
+    def _reconnect(self, cause: BaseException) -> None:
+        """Wait until Redis answers again (up to ``reconnect_timeout_s``). A lost
+        XREADGROUP reply may have handed entries to this consumer: the next read takes its
+        pending list again from the last id seen, before any new entry."""
+        _log.warning("lost %s (%s); connecting again", self._where(), cause)
+        self._draining, self._cursor = True, self._last_id or "0"
+        self.reconnects += 1
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        while True:
+            time.sleep(random.uniform(0.2, 0.8))  # jitter: no lockstep with a fault
+            self._client.connection_pool.disconnect()
+            try:
+                self._client.ping()
+                return
             except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
                 if time.monotonic() >= deadline:
                     raise SourceError(
                         f"lost {self._where()} and could not connect again within "
                         f"{self.reconnect_timeout_s:g} s: {exc}"
                     ) from None
-                _log.warning("lost %s (%s); connecting again", self._where(), exc)
-                time.sleep(random.uniform(0.2, 0.8))  # jitter: no lockstep with a fault
-                self._client.connection_pool.disconnect()
-                # A lost XREADGROUP reply may have handed entries to this consumer: read
-                # its pending list again from the last id seen.
-                self._draining, self._cursor = True, self._last_id or "0"
-                self.reconnects += 1
 
     def restore(self, position: Any) -> None:
         last = position.get("last_id") if position else None
@@ -160,18 +170,18 @@ class RedisStreamSource(Source):
         room = min(max_records, self.max_pending - len(self._epoch))
         if room <= 0:
             return []  # the window is full: the job checkpoints, which acknowledges it
-        if self._draining:
-            reply = self._retry(
-                lambda: self._client.xreadgroup(
-                    self.group, self.consumer, {self.stream: self._cursor}, count=room
-                )
+        where = self._cursor if self._draining else ">"
+        try:  # never retried as it is: a lost reply must be read from the pending list
+            reply = self._client.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: where},
+                count=room,
+                block=None if self._draining else 50,
             )
-        else:
-            reply = self._retry(
-                lambda: self._client.xreadgroup(
-                    self.group, self.consumer, {self.stream: ">"}, count=room, block=50
-                )
-            )
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+            self._reconnect(exc)
+            return []
         entries = reply[0][1] if reply else []
         if self._draining and not entries:
             self._draining = False
@@ -202,7 +212,7 @@ class RedisStreamSource(Source):
         return out
 
     def _record(self, entry_id: str, fields: dict[bytes, bytes] | None) -> Record:
-        if fields is None:  # deleted from the stream (XDEL, XTRIM) before it was read
+        if not fields:  # deleted from the stream (XDEL, XTRIM) before it was read
             error = "the entry was deleted from the stream before it was processed"
             return Record(None, entry_id, payload=b"", error=error)
         if self.field is None:

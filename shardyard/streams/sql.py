@@ -24,6 +24,14 @@ __all__ = ["DeadLetterTable", "SqlUpsertSink"]
 _TYPES = {"text": "String", "int": "BigInteger", "float": "Float", "bytes": "LargeBinary"}
 
 
+def _unusable(engine: Any, what: str, exc: Exception) -> StateStoreError:
+    u = engine.url
+    return StateStoreError(
+        f"cannot use {u.get_backend_name()} at {u.host}:{u.port} (database {u.database!r}, "
+        f"user {u.username!r}) for {what}: {getattr(exc, 'orig', None) or exc}"
+    )
+
+
 class SqlUpsertSink(Sink):
     """Upserts dict outputs into ``table`` (created when missing) by ``key_columns``.
 
@@ -56,15 +64,7 @@ class SqlUpsertSink(Sink):
         self.table = sa.Table(table, meta, *cols)
         self.key_columns = list(key_columns)
 
-        def unusable(exc: Exception) -> StateStoreError:
-            u = self._engine.url
-            return StateStoreError(
-                f"cannot use {u.get_backend_name()} at {u.host}:{u.port} (database "
-                f"{u.database!r}, user {u.username!r}) for the sink: "
-                f"{getattr(exc, 'orig', None) or exc}"
-            )
-
-        create_tables(self._engine, meta, unusable)
+        create_tables(self._engine, meta, lambda exc: _unusable(self._engine, "the sink", exc))
         self._dialect = self._engine.dialect.name
 
     def _upsert(self, rows: list[dict[str, Any]]) -> Any:
@@ -110,13 +110,15 @@ class SqlUpsertSink(Sink):
         self._engine.dispose()
 
 
-class DeadLetterTable(SqlUpsertSink):
-    """A job's dead letters in a SQL table: one row per record, by (job, id).
+class DeadLetterTable(Sink):
+    """A job's dead letters in a SQL table (created when missing), one row each.
 
-    Columns: ``job``, ``id`` (the record's id), ``stage`` (``decode`` or ``handler``),
-    ``error`` (for a handler: shard, key and the original traceback), ``payload`` (the
-    message as text) and ``shardyard_checkpoint``. Written with the checkpoint, so a
-    rewritten checkpoint replaces its rows: each dead letter is there once.
+    Columns: ``job``, ``checkpoint`` and ``seq`` (the key: the checkpoint that acknowledged
+    it and its place there), ``id`` (the record's id), ``stage`` (``decode``, ``key`` or
+    ``handler``), ``error`` (for a handler: shard, key and the original traceback) and
+    ``payload`` (the message as text). A checkpoint's rows are replaced in one transaction
+    when it is written again (after a crash before its commit): each dead letter is there
+    once, identical messages included.
 
     Example:
         >>> dead = DeadLetterTable("sqlite:///jobs.db", job="totals")   # doctest: +SKIP
@@ -124,9 +126,42 @@ class DeadLetterTable(SqlUpsertSink):
     """
 
     def __init__(self, url: str, job: str, table: str = "shardyard_dead_letters") -> None:
-        columns = {"job": "text", "id": "text", "stage": "text", "error": "text"}
-        super().__init__(url, table, ["job", "id"], {**columns, "payload": "text"})
+        import sqlalchemy as sa
+
+        self._sa = sa
+        self._engine = sa.create_engine(url, pool_pre_ping=True)
         self.job = job
+        meta = sa.MetaData()
+        self.table = sa.Table(
+            table,
+            meta,
+            sa.Column("job", sa.String(200), primary_key=True),
+            sa.Column("checkpoint", sa.BigInteger, primary_key=True),
+            sa.Column("seq", sa.Integer, primary_key=True),
+            sa.Column("id", sa.Text),
+            sa.Column("stage", sa.String(20)),
+            sa.Column("error", sa.Text),
+            sa.Column("payload", sa.Text),
+        )
+        create_tables(self._engine, meta, lambda exc: _unusable(self._engine, "dead letters", exc))
 
     def write(self, checkpoint_id: int, outputs: list[Any]) -> None:
-        super().write(checkpoint_id, [{**o, "job": self.job} for o in outputs])
+        t = self.table
+        rows = [
+            {"job": self.job, "checkpoint": checkpoint_id, "seq": n, **letter}
+            for n, letter in enumerate(outputs)
+        ]
+        with self._engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.job == self.job, t.c.checkpoint == checkpoint_id))
+            if rows:
+                conn.execute(t.insert(), rows)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """This job's dead letters, in order."""
+        t = self.table
+        query = self._sa.select(t).where(t.c.job == self.job).order_by(t.c.checkpoint, t.c.seq)
+        with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def close(self) -> None:
+        self._engine.dispose()
