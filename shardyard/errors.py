@@ -95,7 +95,11 @@ class TaskError(ShardyardError):
         self.key = key
         self.cause = cause
         self.remote_traceback = remote_traceback
-        what = f"{type(cause).__name__}: {cause}" if cause is not None else "handler failed"
+        if cause is not None:
+            what = f"{type(cause).__name__}: {cause}"
+        else:  # the exception did not travel: its last traceback line names it
+            lines = [ln for ln in remote_traceback.strip().splitlines() if ln.strip()]
+            what = lines[-1] if lines else "handler failed"
         super().__init__(
             f"handler failed on shard {shard_id}, key {key!r}: {what}\n"
             f"--- original traceback (shard actor) ---\n{remote_traceback}"

@@ -29,6 +29,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ray import cloudpickle
+
 __all__ = [
     "BARRIER",
     "REPLAY",
@@ -69,7 +71,10 @@ class ItemFailure:
         """Record ``exc`` (raised for the item at ``position``) with its traceback."""
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
-            cause: bytes | None = pickle.dumps(exc)
+            # cloudpickle: an exception class the user defined in a notebook or script
+            # (``__main__``, pickled by value) travels by value, and comes back to the
+            # driver as the user's own class.
+            cause: bytes | None = cloudpickle.dumps(exc)
         except Exception:
             cause = None
         return cls(position, cause, tb)

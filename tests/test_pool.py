@@ -193,6 +193,27 @@ def test_handler_error_names_shard_and_key_and_others_finish() -> None:
         assert sum(s.errors for s in stats.shards) == 10 + 10 + 1
 
 
+class OutOfStock(Exception):
+    """An exception class of the user's (this module travels by value, as a notebook's
+    ``__main__`` does)."""
+
+
+def _sell(sku: str) -> str:
+    if sku == "anvil":
+        err = OutOfStock(f"no {sku} left")
+        err.sku = sku  # type: ignore[attr-defined]
+        raise err
+    return sku
+
+
+def test_a_users_own_exception_class_comes_back_as_itself() -> None:
+    with ShardPool(_sell, num_actors=2) as pool, pytest.raises(TaskError) as info:
+        pool.map(["rope", "anvil"], keys=["rope", "anvil"])
+    err = info.value
+    assert type(err.cause) is OutOfStock and err.cause.sku == "anvil"  # type: ignore[attr-defined]
+    assert "OutOfStock: no anvil left" in str(err).splitlines()[0]
+
+
 def _batched_fail(batch: Any) -> Any:
     if (batch == 7).any():
         raise RuntimeError("seven")
