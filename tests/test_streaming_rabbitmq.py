@@ -194,11 +194,11 @@ def test_the_broker_closing_the_connection_loses_nothing(
     ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
 ) -> None:
     require("postgresql")
-    events = [{"key": f"k{i % 97}", "value": i % 11} for i in range(40_000)]
+    events = [{"key": f"k{i % 97}", "value": i % 11} for i in range(25_000)]
     publish(queue, events)
     table = new_table()
     sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
-    source = RabbitMQSource(AMQP, queue, codec=Event, prefetch=500, idle_timeout_s=3.0)
+    source = RabbitMQSource(AMQP, queue, codec=Event, prefetch=300, idle_timeout_s=3.0)
     store = f"sqlite:///{tmp_path}/ckpt.db"
     try:
         with ShardPool(ModelTotals, num_actors=2, num_shards=4, name="drop", store=store) as pool:
