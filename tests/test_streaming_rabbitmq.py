@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +136,6 @@ def _run_in_thread(
     return thread, result
 
 
-def _wait_for_checkpoint(store: str, name: str, at_least: int, thread: threading.Thread) -> int:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        last = open_store(store).latest(name)
-        if last is not None and last.checkpoint_id >= at_least:
-            return last.checkpoint_id
-        assert thread.is_alive(), "the job ended too early"
-        time.sleep(0.02)
-    raise AssertionError(f"no checkpoint {at_least} within 120 s")
-
-
 @pytest.mark.timeout(300)
 def test_malformed_messages_go_to_the_dead_letter_table(
     ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
@@ -189,38 +179,70 @@ def test_malformed_messages_go_to_the_dead_letter_table(
     assert depth(queue) == 0
 
 
-@pytest.mark.timeout(300)
-def test_the_broker_closing_the_connection_loses_nothing(
-    ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
-) -> None:
+@dataclass
+class RunningJob:
+    pool: ShardPool
+    source: RabbitMQSource
+    store: str
+    thread: threading.Thread
+
+    def wait_for_checkpoint(self, at_least: int) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            last = open_store(self.store).latest(self.pool.config.name or "")
+            if last is not None and last.checkpoint_id >= at_least:
+                return
+            assert self.thread.is_alive(), "the job ended too early"
+            time.sleep(0.02)
+        raise AssertionError(f"no checkpoint {at_least} within 120 s")
+
+
+@contextlib.contextmanager
+def _job_in_thread(
+    queue: str, tmp_path: Path, events: list[dict[str, Any]], prefetch: int, num_shards: int = 4
+) -> Iterator[RunningJob]:
+    """``events`` published, a per-key totals job into PostgreSQL running in a thread while
+    the body injects faults; afterwards the table must equal the serial answer exactly and
+    the queue must be empty."""
     require("postgresql")
-    events = [{"key": f"k{i % 97}", "value": i % 11} for i in range(25_000)]
     publish(queue, events)
     table = new_table()
     sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
-    source = RabbitMQSource(AMQP, queue, codec=Event, prefetch=300, idle_timeout_s=3.0)
+    source = RabbitMQSource(AMQP, queue, codec=Event, prefetch=prefetch, idle_timeout_s=3.0)
     store = f"sqlite:///{tmp_path}/ckpt.db"
     try:
-        with ShardPool(ModelTotals, num_actors=2, num_shards=4, name="drop", store=store) as pool:
+        with ShardPool(
+            ModelTotals, num_actors=2, num_shards=num_shards, name="totals", store=store
+        ) as pool:
             thread, result = _run_in_thread(
                 pool, source, sink, key=lambda e: e.key, checkpoint_interval_s=0.5
             )
-            closed = 0
-            for at in (1, 3, 5):
-                _wait_for_checkpoint(store, "drop", at, thread)
-                time.sleep(random.uniform(0, 0.5))  # anywhere: reading, mapping, acking
-                closed += close_connections(f"shardyard:{queue}")
-            thread.join(timeout=200)
-        assert not thread.is_alive()
+            yield RunningJob(pool, source, store, thread)
+            thread.join(timeout=300)
+            assert not thread.is_alive()
     finally:
         source.close()
         sink.close()
     report = result[0]
     assert not isinstance(report, BaseException), report
-    assert closed == 3 and source.reconnects == 3
+    assert report.records == len(events)
     assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
     assert depth(queue) == 0
-    print(f"{source.reconnects} reconnects, {source.duplicates_dropped} redeliveries dropped")
+
+
+@pytest.mark.timeout(300)
+def test_the_broker_closing_the_connection_loses_nothing(
+    ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
+) -> None:
+    events = [{"key": f"k{i % 97}", "value": i % 11} for i in range(25_000)]
+    with _job_in_thread(queue, tmp_path, events, prefetch=300) as job:
+        closed = 0
+        for at in (1, 3, 5):
+            job.wait_for_checkpoint(at)
+            time.sleep(random.uniform(0, 0.5))  # anywhere: reading, mapping, acking
+            closed += close_connections(f"shardyard:{queue}")
+    assert closed == 3 and job.source.reconnects == 3
+    print(f"{job.source.duplicates_dropped} redeliveries dropped")
 
 
 @pytest.mark.timeout(300)
@@ -230,68 +252,28 @@ def test_a_rabbitmq_restart_mid_run_loses_nothing(
     """The RabbitMQ application stops and starts again (``rabbitmqctl stop_app`` /
     ``start_app``: every connection drops and the listener is gone for a while; the durable
     queue and its persistent messages come back)."""
-    require("postgresql")
     events = [{"key": f"k{i % 97}", "value": i % 11} for i in range(20_000)]
-    publish(queue, events)
-    table = new_table()
-    sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
-    source = RabbitMQSource(AMQP, queue, codec=Event, prefetch=500, idle_timeout_s=3.0)
-    store = f"sqlite:///{tmp_path}/ckpt.db"
-    try:
-        with ShardPool(
-            ModelTotals, num_actors=2, num_shards=4, name="restart", store=store
-        ) as pool:
-            thread, result = _run_in_thread(
-                pool, source, sink, key=lambda e: e.key, checkpoint_interval_s=0.5
-            )
-            _wait_for_checkpoint(store, "restart", 2, thread)
-            try:
-                subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, check=True)
-                time.sleep(3)  # down for a while: the source keeps trying
-            finally:
-                subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, check=True)
-            thread.join(timeout=200)
-        assert not thread.is_alive()
-    finally:
-        source.close()
-        sink.close()
-    report = result[0]
-    assert not isinstance(report, BaseException), report
-    assert source.reconnects >= 1
-    assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
-    assert depth(queue) == 0
+    with _job_in_thread(queue, tmp_path, events, prefetch=500) as job:
+        job.wait_for_checkpoint(2)
+        try:
+            subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, check=True)
+            time.sleep(3)  # down for a while: the source keeps trying
+        finally:
+            subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, check=True)
+    assert job.source.reconnects >= 1
 
 
 @pytest.mark.timeout(400)
 def test_100k_events_survive_actor_kills(
     ray_local: shardyard.ClusterInfo, queue: str, tmp_path: Path
 ) -> None:
-    require("postgresql")
     events = [{"key": f"k{i % 997}", "value": i % 13} for i in range(100_000)]
-    publish(queue, events)
-    table = new_table()
-    sink = SqlUpsertSink(POSTGRES_URL, table, ["key"], TOTALS_COLUMNS)
-    source = RabbitMQSource(AMQP, queue, codec=Event, idle_timeout_s=3.0)
-    store = f"sqlite:///{tmp_path}/ckpt.db"
-    try:
-        with ShardPool(ModelTotals, num_actors=2, num_shards=8, name="kill", store=store) as pool:
-            thread, result = _run_in_thread(
-                pool, source, sink, key=lambda e: e.key, checkpoint_interval_s=0.5
-            )
-            for actor, at in ((0, 2), (1, 4)):  # both actors, one after the other
-                _wait_for_checkpoint(store, "kill", at, thread)
-                os.kill(_actor_pid(pool, actor), signal.SIGKILL)
-            thread.join(timeout=300)
-            restarts = [a.restarts for a in pool.stats().actors]
-        assert not thread.is_alive()
-    finally:
-        source.close()
-        sink.close()
-    report = result[0]
-    assert not isinstance(report, BaseException), report
-    assert report.records == 100_000 and restarts == [1, 1]
-    assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
-    assert depth(queue) == 0
+    with _job_in_thread(queue, tmp_path, events, prefetch=2000, num_shards=8) as job:
+        for actor, at in ((0, 2), (1, 4)):  # both actors, one after the other
+            job.wait_for_checkpoint(at)
+            os.kill(_actor_pid(job.pool, actor), signal.SIGKILL)
+        job.thread.join(timeout=300)
+        assert [a.restarts for a in job.pool.stats().actors] == [1, 1]
 
 
 def _actor_pid(pool: ShardPool, actor: int) -> int:
