@@ -13,10 +13,11 @@ A crash before 2 leaves the previous checkpoint the newest: the next run restore
 shards and the source position from it, and rewrites the same sink part. A crash after 2
 redelivers at most what was not acknowledged yet, which the restored position skips.
 
-A record that failed to decode, or whose handler raised on every try (``retries`` more
-after the first), becomes a dead letter: a dict ``{"id", "stage", "error", "payload"}``
-(stage ``"decode"`` or ``"handler"``; the error names the shard, the key and the original
-traceback; the payload is the message as text) written to ``dead_letters`` with the epoch's
+A record that failed to decode, whose key function raised, or whose handler raised on
+every try (``retries`` more after the first), becomes a dead letter: a dict ``{"id",
+"stage", "error", "payload"}`` (stage ``"decode"``, ``"key"`` or ``"handler"``; a
+handler's error names the shard, the key and the original traceback; the payload is the
+message as text) written to ``dead_letters`` with the epoch's
 checkpoint id, like the sink's outputs, and acknowledged with the rest. Without
 ``dead_letters`` they are logged and counted. Either way the stream goes on.
 
@@ -76,8 +77,8 @@ class RunReport:
         checkpoints: checkpoints this run committed.
         resumed_from: the checkpoint id it started from (0: none).
         seconds: how long it ran (with a source's idle timeout at the end).
-        dead_letters: records that went to the dead letters (undecodable, or their handler
-            failed past the retries).
+        dead_letters: records that went to the dead letters (undecodable, their key function
+            raised, or their handler failed past the retries).
         stopped: it was stopped before its source ended.
         checkpoint_id: the last checkpoint it committed (0: none).
     """
