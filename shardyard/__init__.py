@@ -37,6 +37,7 @@ from shardyard.scheduler import (
     ShardPool,
     ShardStats,
 )
+from shardyard.scheduler.lifecycle import close_all
 from shardyard.sharding import place, rebalance, stable_hash, strategy
 
 __version__ = "0.1.0"
@@ -69,6 +70,7 @@ __all__ = [
     "UnknownStrategyError",
     "UnsupportedKeyError",
     "__version__",
+    "close_all",
     "connect",
     "disconnect",
     "place",

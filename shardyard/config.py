@@ -188,6 +188,12 @@ class PoolConfig(_ConfigBase):
             actor has capacity (the semantics of Ray Serve's ``batch_wait_timeout_s``);
             0 sends at once, and batches then grow by themselves while actors are busy.
         max_inflight_per_actor: Ray calls in flight per actor (backpressure).
+        inflight_seconds_per_actor: about how many seconds of work may be in flight on one
+            actor: each call carries at most ``inflight_seconds_per_actor /
+            max_inflight_per_actor`` seconds of items, by the handler's measured recent cost
+            per item (64 items while unknown). Bounds how long an interrupt or a scale waits
+            for work already sent, and keeps progress moving with slow handlers. ``None``:
+            only ``max_batch_size`` bounds a call.
         max_pending_items: items a single producer may have submitted but not yet
             finished before it blocks (bounds the driver's memory on long inputs).
         chunk_size: items a producer reads from its input and partitions at a time.
@@ -228,6 +234,9 @@ class PoolConfig(_ConfigBase):
             wait ``restart_timeout_s`` and fail its shards.
         autoscale: grow and shrink the pool with its backlog (``None``: a fixed size,
             changed only by ``ShardPool.scale``).
+        progress: show a progress bar (``tqdm.auto``: a widget in Jupyter) for ``map`` and
+            ``map_unordered`` calls; ``None`` shows one in a Jupyter kernel for calls that
+            last more than a second, and none in scripts. A call's ``progress=`` overrides it.
     """
 
     num_actors: int | None = Field(default=None, ge=1, le=4096)
@@ -238,6 +247,7 @@ class PoolConfig(_ConfigBase):
     max_batch_size: int = Field(default=1024, ge=1, le=1 << 24)
     max_batch_wait_s: float = Field(default=0.0, ge=0.0, le=60.0)
     max_inflight_per_actor: int = Field(default=2, ge=1, le=1024)
+    inflight_seconds_per_actor: float | None = Field(default=1.0, gt=0.0)
     max_pending_items: int = Field(default=1 << 18, ge=1)
     chunk_size: int = Field(default=16384, ge=1, le=1 << 24)
     max_retries: int = Field(default=3, ge=0, le=100)
@@ -252,6 +262,7 @@ class PoolConfig(_ConfigBase):
     failover_after_s: float | None = Field(default=10.0, ge=1.0)
     name: str | None = Field(default=None, min_length=1, max_length=200)
     store: str | None = None
+    progress: bool | None = None
 
     @field_validator("resources_per_actor")
     @classmethod

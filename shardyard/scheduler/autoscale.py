@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from shardyard.config import AutoscaleConfig
@@ -78,7 +79,9 @@ class Autoscaler:
     """
 
     def __init__(self, pool: ShardPool, cfg: AutoscaleConfig, num_shards: int) -> None:
-        self._pool = pool
+        # Weak: the thread must not keep a pool nobody uses alive (its finalizer closes it).
+        self._pool = weakref.ref(pool)
+        self._cpus = pool.config.num_cpus_per_actor or 1.0
         self._decider = ScaleDecider(cfg, num_shards)
         self._interval = cfg.interval_s
         self._stop = threading.Event()
@@ -98,12 +101,14 @@ class Autoscaler:
             self._request(0)  # withdraw: the cluster need not keep nodes for a closed pool
 
     def _run(self) -> None:
-        pool = self._pool
         while not self._stop.wait(self._interval):
-            core = pool._core
-            if core is None:
-                continue
+            pool = self._pool()
+            if pool is None:
+                return  # the pool was collected (its finalizer released the actors)
             try:
+                core = pool._core
+                if core is None:
+                    continue
                 current = len(core.active())
                 backlog = core.backlog()
                 target = self._decider.decide(backlog, current, time.monotonic())
@@ -126,13 +131,15 @@ class Autoscaler:
                     return
                 log.warning("shardyard: autoscaling failed; trying again", exc_info=True)
                 self._stop.wait(1.0)
+            finally:
+                del pool  # no strong reference while waiting
 
     def _request(self, actors: int) -> None:
         """Ask Ray's autoscaler (where one runs) for the resources of ``actors`` actors."""
         if self._requested == actors:
             return
         self._requested = actors
-        cpus = self._pool.config.num_cpus_per_actor or 1.0
+        cpus = self._cpus
         try:
             from ray.autoscaler.sdk import request_resources
 

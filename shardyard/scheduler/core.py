@@ -85,6 +85,7 @@ class _Call:
     ref: Any  # the ObjectRef, kept alive until the outcome is handled
     incarnation: str | None  # the process it was sent to
     alone: bool
+    sent_at: float = 0.0  # time.monotonic() when it was sent
     done: bool = False  # handled, or orphaned by the death of its actor
 
 
@@ -107,6 +108,8 @@ class Core:
             items fail.
         max_snapshot_failures: consecutive failed snapshots before a shard fails.
         actor_resources: what each actor reserves (named in errors when it cannot restart).
+        call_budget_s: seconds of work one call may carry, by the actor's measured cost
+            per item (``None``: calls are bounded by ``max_batch_size`` only).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class Core:
         failover_after_s: float | None = 10.0,
         max_snapshot_failures: int = 3,
         actor_resources: dict[str, float] | None = None,
+        call_budget_s: float | None = None,
     ) -> None:
         self.partitioner = partitioner
         self._actor_resources = dict(actor_resources or {})
@@ -154,6 +158,7 @@ class Core:
             max_batch=max_batch_size,
             max_inflight=max_inflight,
             max_wait=max_batch_wait_s,
+            call_budget_s=call_budget_s,
         )
         self.completion = Completion()
         self._incarnation: list[str | None] = [None] * n  # the process hosting the shards
@@ -194,6 +199,10 @@ class Core:
             coro.close()
             raise PoolClosedError("this ShardPool is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def on_loop_thread(self) -> bool:
+        """True when called from the core's own loop thread."""
+        return threading.current_thread() is self._thread
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self._loop.create_task(coro)
@@ -305,6 +314,29 @@ class Core:
                 if self.ledger.books[sid].failed is None:
                     out += self.ledger.fail_shard(sid, exc)
         self._flush(out)
+
+    def cancel(self, sink: Any) -> int:
+        """Drop every item of ``sink`` not yet sent to an actor; return how many.
+
+        Items already sent (or numbered for a resend) are left to finish: their effect on
+        shard state stands, as for any completed item. The dropped ones end at ``sink``
+        as cancelled (outputs ``None``), so waiting on the sink and on the pool ends.
+        """
+        out: list[Delivery] = []
+        with self._lock:
+            for entry in self._inbox:
+                if not isinstance(entry, list):
+                    continue  # a single submit
+                mine = [seg for _, seg in entry if seg.sink is sink]
+                if not mine:
+                    continue
+                entry[:] = [pair for pair in entry if pair[1].sink is not sink]
+                for seg in mine:
+                    self._receive(seg)
+                    out.append((-1, seg, None, []))
+            out += self.dispatch.cancel(sink)
+        self._flush(out)
+        return sum(len(seg) for _, seg, _, _ in out)
 
     def _wake(self) -> None:
         if not self._wakeup_scheduled:
@@ -441,7 +473,7 @@ class Core:
         except Exception as exc:
             self._flush_later(self._unsendable(a, batches, exc, alone))
             return
-        call = _Call(a, batches, ref, self._incarnation[a], alone)
+        call = _Call(a, batches, ref, self._incarnation[a], alone, time.monotonic())
         self._calls[a].add(call)
         if self._ray_client:
             # Under Ray Client, ref.future() waits for Client's data thread, which may be
@@ -528,6 +560,8 @@ class Core:
             self._calls[a].discard(call)
             self.dispatch.call_done(a, call.alone)
             if exc is None and reply.incarnation == self._incarnation[a]:
+                items = sum(b.size for b in call.batches)
+                self.dispatch.answered(a, items, call.sent_at, time.monotonic())
                 for r in reply.replies:
                     try:
                         if type(r) is Stale and r.gen == self.ledger.books[r.shard_id].gen:

@@ -7,6 +7,10 @@ in ``tests/test_ledger_model.py``.
 Per actor at most ``max_inflight`` calls are in flight. A call carries at most one batch
 per shard of the actor: first what the ledger has numbered already (replays, resends,
 barriers), else up to ``max_batch`` queued items; then a share of the keyless pull queue.
+With ``call_budget_s`` set, new items in one call are also bounded by the time the actor is
+expected to take (its recent seconds per item; ``FIRST_CALL_ITEMS`` while unknown), so the
+work in flight on an actor stays near ``max_inflight * call_budget_s`` seconds whatever the
+handler costs: an interrupt or a cancel takes effect quickly, and progress moves steadily.
 A suspect batch (see the ledger) goes alone: only once nothing else is in flight on its
 actor, and nothing follows it until it is answered.
 
@@ -33,7 +37,9 @@ from dataclasses import dataclass, field
 from shardyard.scheduler.ledger import Batch, Delivery, Ledger
 from shardyard.scheduler.segments import Segment, take_items
 
-__all__ = ["ActorSlot", "Dispatch"]
+__all__ = ["FIRST_CALL_ITEMS", "ActorSlot", "Dispatch"]
+
+FIRST_CALL_ITEMS = 64  # new items per call while an actor's cost per item is unknown
 
 
 @dataclass(slots=True)
@@ -48,6 +54,8 @@ class ActorSlot:
     outstanding: int = 0  # items queued for it or in flight (its load)
     pull_cursor: int = 0  # rotates keyless batches over its shards
     first_wait: float | None = None  # when its oldest held partial batch started waiting
+    cost: float | None = None  # seconds per item its handler took lately (None: not yet seen)
+    busy_until: float = 0.0  # when its last answered call ended (service-time estimate)
     failed: bool = False  # gave up on it (restart budget spent) or retired: nothing is sent
     retired: bool = False  # scaled in: its shards moved away and its process was stopped
 
@@ -61,6 +69,8 @@ class Dispatch:
         max_batch: items per shard batch.
         max_inflight: calls in flight per actor.
         max_wait: hold a partly filled batch this long while its actor has room.
+        call_budget_s: seconds of work one call may carry, by the actor's measured cost
+            per item (``None``: items are bounded by ``max_batch`` only).
     """
 
     def __init__(
@@ -71,6 +81,7 @@ class Dispatch:
         max_batch: int,
         max_inflight: int,
         max_wait: float = 0.0,
+        call_budget_s: float | None = None,
     ) -> None:
         self.ledger = ledger
         self.actors = [ActorSlot(i, list(s)) for i, s in enumerate(actor_shards)]
@@ -83,6 +94,7 @@ class Dispatch:
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._max_wait = max_wait
+        self._call_budget = call_budget_s
 
     # --- input ------------------------------------------------------------------------------
 
@@ -143,18 +155,22 @@ class Dispatch:
             if hold is not None:
                 return calls, hold
             batches = [ledger.pop_outbox(s) for s in numbered]
+            room = self._room(slot)
             for sid in slot.ready:
                 # A shard with numbered batches gets no new one in this call: it would
                 # overtake them (and one batch per shard per call is enough).
                 if (
-                    self.queued[sid]
+                    room > 0
+                    and self.queued[sid]
                     and sid not in ledger.outboxed
                     and sid not in numbered
                     and ledger.takes_new(sid)
                 ):
-                    batches.append(self._cut(sid))
+                    batch = self._cut(sid, room)
+                    room -= batch.size
+                    batches.append(batch)
             slot.ready = {s for s in slot.ready if self.queued[s]}
-            if self.pull_queued:
+            if self.pull_queued and room > 0:
                 # Pulled work goes to shards with nothing numbered and no batch in this call:
                 # two batches of a shard in one call come back (if the call fails) as two
                 # solo retries, and one sent before the other would hold the actor.
@@ -164,7 +180,7 @@ class Dispatch:
                     for s in slot.shards
                     if s not in ledger.outboxed and s not in taken and ledger.takes_new(s)
                 ]
-                batches += self._take_pulled(slot, free)
+                batches += self._take_pulled(slot, free, room)
             if not batches:
                 break
             for b in batches:
@@ -192,12 +208,20 @@ class Dispatch:
             return None
         return deadline
 
-    def _cut(self, sid: int) -> Batch:
-        segments = take_items(self.queues[sid], self._max_batch)
+    def _room(self, slot: ActorSlot) -> int:
+        """New items one call to ``slot`` may carry (its time budget over its cost)."""
+        if self._call_budget is None:
+            return 1 << 62
+        if slot.cost is None:
+            return FIRST_CALL_ITEMS
+        return max(1, int(self._call_budget / max(slot.cost, 1e-9)))
+
+    def _cut(self, sid: int, room: int) -> Batch:
+        segments = take_items(self.queues[sid], min(room, self._max_batch))
         self.queued[sid] -= sum(len(s) for s in segments)
         return self.ledger.new_batch(sid, segments)
 
-    def _take_pulled(self, slot: ActorSlot, sendable: list[int]) -> list[Batch]:
+    def _take_pulled(self, slot: ActorSlot, sendable: list[int], room: int) -> list[Batch]:
         """Keyless batches for ``slot`` (guided self-scheduling).
 
         Each call takes a share of what is left, ``remaining / (actors * in-flight)``, at
@@ -209,7 +233,7 @@ class Dispatch:
             return []
         live = sum(1 for s in self.actors if not s.failed) or 1
         share = -(-self.pull_queued // (live * self._max_inflight))
-        take = min(self.pull_queued, max(1, share), self._max_batch * len(sendable))
+        take = min(self.pull_queued, max(1, share), self._max_batch * len(sendable), room)
         batches: list[Batch] = []
         used: set[int] = set()
         while take > 0:
@@ -233,6 +257,21 @@ class Dispatch:
         slot.inflight -= 1
         if alone:
             slot.alone = False
+
+    def answered(self, a: int, items: int, sent_at: float, now: float) -> None:
+        """A call of ``items`` items sent at ``sent_at`` was answered at ``now``.
+
+        Its service time is counted from when the actor was free to start it (the later
+        of its send and the previous answer), so calls queued behind others on the actor
+        are not charged for the wait. The cost is a moving average of seconds per item.
+        """
+        slot = self.actors[a]
+        start = max(sent_at, slot.busy_until)
+        slot.busy_until = now
+        if items <= 0:
+            return
+        per_item = max(0.0, now - start) / items
+        slot.cost = per_item if slot.cost is None else 0.5 * slot.cost + 0.5 * per_item
 
     def actor_lost(self, a: int) -> None:
         """Actor ``a``'s calls in flight will never be answered: free its slots."""
@@ -307,6 +346,37 @@ class Dispatch:
                 out.append((sid, seg, [None] * len(seg), [(i, err) for i in range(len(seg))]))
             self.queued[sid] = 0
             self.actors[self.ledger.books[sid].actor].ready.discard(sid)
+        return out
+
+    def cancel(self, sink: object) -> list[Delivery]:
+        """Take every queued item of ``sink`` out of the queues (nothing numbered or sent).
+
+        Returns them as deliveries for the caller to end; their outputs are ``None``,
+        which tells a sink the items were cancelled before they ran.
+        """
+        out: list[Delivery] = []
+        for sid, queue in enumerate(self.queues):
+            if not self.queued[sid] or not any(seg.sink is sink for seg in queue):
+                continue
+            kept: deque[Segment] = deque()
+            for seg in queue:
+                if seg.sink is sink:
+                    out.append((sid, seg, None, []))
+                    self.queued[sid] -= len(seg)
+                else:
+                    kept.append(seg)
+            self.queues[sid] = kept
+            if not self.queued[sid]:
+                self.actors[self.ledger.books[sid].actor].ready.discard(sid)
+        if self.pull_queued and any(seg.sink is sink for seg in self.pull):
+            kept = deque()
+            for seg in self.pull:
+                if seg.sink is sink:
+                    out.append((-1, seg, None, []))
+                    self.pull_queued -= len(seg)
+                else:
+                    kept.append(seg)
+            self.pull = kept
         return out
 
     def _nobody_pulls(self) -> bool:

@@ -19,6 +19,7 @@ import concurrent.futures
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -42,10 +43,13 @@ from shardyard.errors import (
     UnknownStrategyError,
     UnsupportedKeyError,
 )
+from shardyard.notebook import current_cell, in_jupyter_kernel
 from shardyard.protocol import ItemFailure
+from shardyard.scheduler import lifecycle
 from shardyard.scheduler.autoscale import Autoscaler
 from shardyard.scheduler.core import Core, kill_quietly
 from shardyard.scheduler.futures import ShardFuture
+from shardyard.scheduler.interrupts import Interrupted, SigintGuard
 from shardyard.scheduler.nodes import actor_demand, affinity, choose_nodes, fitting_nodes
 from shardyard.scheduler.partition import Partitioner
 from shardyard.scheduler.scaling import check_scale, plan_scale
@@ -170,6 +174,12 @@ class ShardPool:
         # Validate the strategy now, not at first use: its name and options, its fit to
         # num_shards when that is set (else at start), and key affinity for a Shard.
         self._probe_strategy = _check_strategy(self.config, self._stateful)
+        # Released when closed, when collected unclosed, or when its notebook cell runs again.
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._close_reason = "it was closed"
+        self._cell = current_cell()
+        lifecycle.replace_cell_pools(self, self._cell)
+        lifecycle.register(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -196,7 +206,7 @@ class ShardPool:
             return core
         with self._start_lock:  # one start, whichever thread gets here first
             if self._closed:
-                raise PoolClosedError("this ShardPool is closed")
+                raise PoolClosedError(f"this ShardPool is closed: {self._close_reason}")
             if self._core is None:
                 limit = self.config.start_timeout_s if timeout is None else timeout
                 self._core = self._start(limit)
@@ -252,7 +262,9 @@ class ShardPool:
         actors = self._new_actors(list(range(num_actors)))
         core: Core | None = None
         try:
-            _wait_scheduled(actors, deadline, cfg.num_cpus_per_actor)
+            _wait_scheduled(
+                actors, deadline, actor_demand(cfg.num_cpus_per_actor, cfg.resources_per_actor)
+            )
             submit_sink = FutureSink(cfg.max_pending_items)
             core = Core(
                 actors,
@@ -270,6 +282,11 @@ class ShardPool:
                 failover_after_s=cfg.failover_after_s,
                 max_snapshot_failures=cfg.max_snapshot_failures,
                 actor_resources={"CPU": cfg.num_cpus_per_actor} if cfg.num_cpus_per_actor else {},
+                call_budget_s=(
+                    None
+                    if cfg.inflight_seconds_per_actor is None
+                    else cfg.inflight_seconds_per_actor / cfg.max_inflight_per_actor
+                ),
             )
             if restored is not None:
                 self._load_checkpoint(core, restored)
@@ -294,6 +311,11 @@ class ShardPool:
         if cfg.autoscale is not None:
             self._autoscaler = Autoscaler(self, cfg.autoscale, num_shards)
             self._autoscaler.start()
+        # Not at interpreter exit: Ray ends a driver's actors with the driver.
+        self._finalizer = weakref.finalize(
+            self, lifecycle.release, core, self._store, self._autoscaler
+        )
+        self._finalizer.atexit = False
         return core
 
     def start(self, timeout: float | None = None) -> ShardPool:
@@ -432,7 +454,11 @@ class ShardPool:
         deadline = time.monotonic() + limit
         handles = self._new_actors(indices, core.active())
         try:
-            _wait_scheduled(handles, deadline, self.config.num_cpus_per_actor)
+            _wait_scheduled(
+                handles,
+                deadline,
+                actor_demand(self.config.num_cpus_per_actor, self.config.resources_per_actor),
+            )
             added = core.call(core.add_actors(handles), max(0.1, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
             for h in handles:
@@ -634,14 +660,48 @@ class ShardPool:
             with self._start_lock:
                 if not self._released:
                     self._released = True
-                    if core is not None:
-                        core.stop()
-                        for a in core.all_handles():
-                            kill_quietly(a)
-                    if self._store is not None:
+                    if self._finalizer is not None:
+                        self._finalizer()  # runs lifecycle.release once
+                    elif self._store is not None:
                         self._store.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (or the pool was replaced or closed by
+        :func:`shardyard.close_all`)."""
+        return self._closed
+
     shutdown = close  # the concurrent.futures.Executor name
+
+    def _state(self) -> str:
+        if self._closed:
+            return "closed"
+        return "not started" if self._core is None else "running"
+
+    def __repr__(self) -> str:
+        # Never starts the pool nor calls the actors: a repr must be cheap and safe.
+        name = getattr(self._handler, "__qualname__", None) or repr(self._handler)
+        core = self._core
+        if core is None or self._closed:
+            return f"<ShardPool {name} ({self._state()})>"
+        return (
+            f"<ShardPool {name}: {len(core.active())} actors, {len(core.ledger.books)} shards, "
+            f"{self._state()}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display of a pool: its actors, nodes, shards, load and errors."""
+        import html
+
+        from shardyard.scheduler.display import stats_html
+
+        if self._core is None or self._closed:
+            return f"<p>{html.escape(repr(self))}</p>"
+        try:
+            stats = self.stats(timeout=2.0)
+        except Exception as exc:  # display must not raise
+            return f"<p>{html.escape(repr(self))}: stats unavailable ({html.escape(str(exc))})</p>"
+        return stats_html(stats, title=f"{repr(self)[1:-1]}: ")
 
     def __enter__(self) -> ShardPool:
         return self
@@ -782,10 +842,16 @@ class ShardPool:
     ) -> Iterator[tuple[MapSink, list[tuple[np.ndarray, Any]], list[tuple[int, BaseException]]]]:
         """Feed chunks with backpressure; yield pieces of results as they arrive.
 
+        Ctrl-C (in the main thread) is noticed between steps (see
+        :mod:`~shardyard.scheduler.interrupts`): the items not yet sent are cancelled, the
+        ones in flight are waited for, and :class:`Interrupted` is raised. A consumer that
+        stops iterating (``map_unordered`` abandoned) cancels the unsent items too.
+
         Raises:
             _InputFailed: reading or routing the input failed part-way, raised only after
                 every item handed over before it has finished (and, when streaming, been
                 yielded); its ``sink`` tells what was submitted.
+            Interrupted: Ctrl-C; nothing of this call is left queued.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._ensure_started()
@@ -794,39 +860,59 @@ class ShardPool:
         base = 0
         exhausted = False
         failure: _InputFailed | None = None
-        while True:
-            while not exhausted and sink.has_capacity():
-                try:
-                    nxt = next(chunks, None)
-                    if nxt is None:
-                        exhausted = True
+        guard = SigintGuard()
+        guard.enter()
+        try:
+            while True:
+                while not exhausted and sink.has_capacity() and not guard.requested:
+                    try:
+                        nxt = next(chunks, None)
+                        if nxt is None:
+                            exhausted = True
+                            break
+                        base += self._push(core, sink, base, *nxt)
+                    except _InputFailed as exc:
+                        # Read no further, but let what was handed over finish (below).
+                        failure, exhausted = exc, True
                         break
-                    base += self._push(core, sink, base, *nxt)
-                except _InputFailed as exc:
-                    # Read no further, but let what was handed over finish (below).
-                    failure, exhausted = exc, True
-                    break
-            if keep:
-                if exhausted:
-                    # Wake up now and then so a progress bar moves while the tail finishes.
-                    while not sink.wait_all(timeout=0.1):
+                if keep:
+                    # Wake up now and then so a progress bar moves and Ctrl-C is seen.
+                    done = sink.wait_all if exhausted else sink.wait_capacity
+                    while not done(timeout=0.1):
+                        if guard.requested:
+                            _interrupt(core, sink)
                         _check_deadline(deadline, timeout, sink)
-                        yield sink, [], []
+                        if exhausted:
+                            yield sink, [], []
+                    if guard.requested:
+                        _interrupt(core, sink)
                     yield sink, [], []
+                    if exhausted:
+                        break
+                    continue
+                pieces, errors = sink.take(block=True, timeout=0.1)
+                while not (pieces or errors or sink.all_done() or guard.requested):
+                    pieces, errors = sink.take(block=True, timeout=0.1)
+                if guard.requested:
+                    _interrupt(core, sink)
+                guard.exit()  # the consumer's code runs with the usual Ctrl-C
+                yield sink, pieces, errors
+                guard.enter()
+                # The consumer has gone through what it was given before asking for more.
+                sink.release(sum(len(p[0]) for p in pieces) + len(errors))
+                if exhausted and sink.all_done():
+                    pieces, errors = sink.take(block=False)
+                    if pieces or errors:
+                        guard.exit()
+                        yield sink, pieces, errors
                     break
-                while not sink.wait_capacity(timeout=0.1):
-                    _check_deadline(deadline, timeout, sink)
-                yield sink, [], []
-                continue
-            pieces, errors = sink.take(block=True)
-            yield sink, pieces, errors
-            # The consumer has gone through what it was given before asking for more.
-            sink.release(sum(len(p[0]) for p in pieces) + len(errors))
-            if exhausted and sink.all_done():
-                pieces, errors = sink.take(block=False)
-                if pieces or errors:
-                    yield sink, pieces, errors
-                break
+        except (GeneratorExit, KeyboardInterrupt) as exc:
+            # Abandoned by its consumer, or a Ctrl-C that was not deferred: send nothing more.
+            if not isinstance(exc, Interrupted):
+                core.cancel(sink)
+            raise
+        finally:
+            guard.exit()
         if failure is not None:
             failure.sink = sink
             raise failure
@@ -839,7 +925,7 @@ class ShardPool:
         keys: Keys = None,
         *,
         return_exceptions: bool = False,
-        progress: bool = False,
+        progress: bool | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Process every item; return the outputs in input order.
@@ -850,7 +936,9 @@ class ShardPool:
                 for keyless work spread by load.
             return_exceptions: put each failed item's :class:`~shardyard.TaskError` in
                 its place instead of raising the first one.
-            progress: show a tqdm progress bar (notebook-aware).
+            progress: show a progress bar (``tqdm.auto``: one widget in Jupyter, which
+                needs the ``notebook`` extra); ``None``: the config's ``progress`` (by
+                default, a bar in Jupyter kernels for calls longer than a second).
             timeout: seconds the whole call may take; ``TimeoutError`` after (the items
                 already handed over keep running).
 
@@ -871,13 +959,18 @@ class ShardPool:
             ...     pool.map(["a", "b"], keys=["a", "b"])
             ['A', 'B']
         """
-        bar = _progress(progress, items)
+        self._ensure_started()  # the bar starts once the cluster is up
+        bar = _progress(self.config.progress if progress is None else progress, items)
         numpy_in = isinstance(items, np.ndarray)
         sink: MapSink | None = None
         try:
             for sink, _, _ in self._stream(items, keys, keep=True, timeout=timeout):
                 if bar is not None:
                     bar.update(sink.finished - bar.n)
+        except Interrupted as stop:
+            if bar is not None:
+                bar.close()
+            raise KeyboardInterrupt(str(stop)) from None
         except _InputFailed as failed:
             if bar is not None:
                 bar.close()
@@ -902,7 +995,7 @@ class ShardPool:
         keys: Keys = None,
         *,
         return_exceptions: bool = False,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> Iterator[Any]:
         """Process every item; yield outputs as they complete (bounded memory).
 
@@ -911,7 +1004,7 @@ class ShardPool:
             keys: as for :meth:`map`.
             return_exceptions: yield failed items' ``TaskError`` in line instead of raising
                 the first one after all other outputs were yielded.
-            progress: show a tqdm progress bar.
+            progress: as for :meth:`map`.
 
         Raises:
             shardyard.TaskError: an item failed (the first), after all other outputs.
@@ -923,7 +1016,8 @@ class ShardPool:
             ...     sorted(pool.map_unordered([-1, 2, -3]))
             [1, 2, 3]
         """
-        bar = _progress(progress, items)
+        self._ensure_started()
+        bar = _progress(self.config.progress if progress is None else progress, items)
         first_error: BaseException | None = None
         try:
             for _, pieces, errors in self._stream(items, keys, keep=False):
@@ -939,12 +1033,13 @@ class ShardPool:
                         yield exc
                     elif first_error is None:
                         first_error = exc
+        except Interrupted as stop:
+            raise KeyboardInterrupt(str(stop)) from None
         except _InputFailed as failed:
+            raise failed.to_error() from failed.cause
+        finally:
             if bar is not None:
                 bar.close()
-            raise failed.to_error() from failed.cause
-        if bar is not None:
-            bar.close()
         if first_error is not None:
             raise first_error
 
@@ -963,6 +1058,8 @@ class ShardPool:
                 yield from pieces
                 if errors and first_error is None:
                     first_error = errors[0][1]
+        except Interrupted as stop:
+            raise KeyboardInterrupt(str(stop)) from None
         except _InputFailed as failed:
             raise failed.to_error() from failed.cause
         if first_error is not None:
@@ -1298,13 +1395,18 @@ def _check_strategy(cfg: PoolConfig, stateful: bool) -> Any:
     return probe
 
 
-def _progress(enabled: bool, items: Iterable[Any]) -> Any:
-    if not enabled:
+def _progress(enabled: bool | None, items: Iterable[Any]) -> Any:
+    """A ``tqdm.auto`` bar for a call, or ``None``.
+
+    ``enabled=None`` (the default) shows one only in a Jupyter kernel, and only once the
+    call has run for a second: short calls leave no trace in a saved notebook.
+    """
+    if enabled is False or (enabled is None and not in_jupyter_kernel()):
         return None
     from tqdm.auto import tqdm
 
     total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
-    return tqdm(total=total, unit="item")
+    return tqdm(total=total, unit="item", delay=1.0 if enabled is None else 0.0)
 
 
 def _assemble(sink: MapSink, numpy_in: bool, return_exceptions: bool) -> Any:
@@ -1350,8 +1452,11 @@ def _check_fits(num_actors: int, cpus_per_actor: float | None) -> None:
         )
 
 
-def _wait_scheduled(actors: list[Any], deadline: float, cpus_per_actor: float | None) -> None:
-    """Wait until every actor process answers; name the missing resources on timeout."""
+def _wait_scheduled(actors: list[Any], deadline: float, demand: dict[str, float]) -> None:
+    """Wait until every actor process answers; name the missing resources on timeout.
+
+    ``demand`` is what one actor reserves (``nodes.actor_demand``).
+    """
     refs = [a.health.remote() for a in actors]
     ready, pending = ray.wait(
         refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic())
@@ -1359,14 +1464,40 @@ def _wait_scheduled(actors: list[Any], deadline: float, cpus_per_actor: float | 
     ray.get(ready)  # an actor whose constructor raised surfaces here
     if not pending:
         return
-    free = ray.available_resources().get("CPU", 0.0)
-    total = ray.cluster_resources().get("CPU", 0.0)
-    need = f"{{CPU: {cpus_per_actor:g}}}" if cpus_per_actor else "{CPU: 1 to schedule}"
+    free, total = ray.available_resources(), ray.cluster_resources()
+    wants = demand or {"CPU": 1.0}  # an actor reserving nothing still needs a CPU to start
+    short = [
+        f"{name}: each actor needs {amount:g}, the cluster has {free.get(name, 0.0):g} free "
+        f"of {total.get(name, 0.0):g}"
+        for name, amount in sorted(wants.items())
+        if free.get(name, 0.0) < amount or not demand
+    ]
     raise StartTimeoutError(
-        f"{len(pending)} of {len(actors)} shard actors could not be started in time: each "
-        f"needs {need}, and the cluster has {free:g} of {total:g} CPUs free. Nothing was "
-        "left running. Lower num_actors or num_cpus_per_actor, add nodes, or pass a longer "
-        "start(timeout=...)"
+        f"{len(pending)} of {len(actors)} shard actors could not be started in time. "
+        f"Missing resources: {'; '.join(short) or 'none by count (a node may be starting)'}. "
+        "Nothing was left running. Lower num_actors, num_cpus_per_actor or "
+        "resources_per_actor, add nodes, or pass a longer start(timeout=...)"
+    )
+
+
+def _interrupt(core: Core, sink: MapSink, wait_s: float = 5.0) -> None:
+    """Ctrl-C: cancel the call's unsent items, wait for those in flight, raise ``Interrupted``.
+
+    The work in flight on an actor is bounded (``inflight_seconds_per_actor``), so the wait
+    is short; a second Ctrl-C ends it at once.
+    """
+    dropped = core.cancel(sink)
+    sink.wait_all(timeout=wait_s)
+    running = sink.submitted - sink.finished
+    ran = sink.finished - sink.cancelled
+    tail = (
+        f"; {running} sent items were still running after {wait_s:g} s and will finish"
+        if running
+        else ""
+    )
+    raise Interrupted(
+        f"interrupted: {dropped} items not yet sent were cancelled; {ran} items had finished "
+        f"(those that update a Shard's state keep their effect){tail}. The pool is ready."
     )
 
 

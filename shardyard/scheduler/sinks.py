@@ -7,7 +7,8 @@ producers and consumers (user threads) wait on the sink. Two kinds:
   backpressure: its producer blocks while too many of its items are unfinished.
 * :class:`FutureSink` resolves the futures of ``submit`` calls.
 
-Every item ends exactly once here: an output, or an exception in its place.
+Every item ends exactly once here: an output, or an exception in its place, or (for a
+``map`` that was interrupted) as cancelled before it ran: delivered with outputs ``None``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class MapSink(Sink):
         self.pieces: deque[tuple[np.ndarray, Any]] = deque()  # (positions, outputs)
         self.errors: list[tuple[int, BaseException]] = []  # (position, exception)
         self._error_cursor = 0  # errors already handed out by take()
+        self.cancelled = 0  # items dropped before they ran (Core.cancel)
 
     # --- producer side -------------------------------------------------------------------
 
@@ -92,21 +94,24 @@ class MapSink(Sink):
             return self._cond.wait_for(lambda: self.finished >= self.submitted, timeout)
 
     def take(
-        self, block: bool
+        self, block: bool, timeout: float | None = None
     ) -> tuple[list[tuple[np.ndarray, Any]], list[tuple[int, BaseException]]]:
         """Hand out the pieces and errors that arrived since the last call (unordered use).
 
         Args:
             block: wait until something arrives or everything has finished.
+            timeout: wait at most this long (then hand out what there is, maybe nothing).
         """
         with self._cond:
-            while (
-                block
-                and not self.pieces
-                and self._error_cursor == len(self.errors)
-                and self.finished < self.submitted
-            ):
-                self._cond.wait()
+            if block:
+                self._cond.wait_for(
+                    lambda: (
+                        self.pieces
+                        or self._error_cursor != len(self.errors)
+                        or self.finished >= self.submitted
+                    ),
+                    timeout,
+                )
             pieces = list(self.pieces)
             self.pieces.clear()
             errors = self.errors[self._error_cursor :]
@@ -118,7 +123,9 @@ class MapSink(Sink):
     def deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
         positions = seg.ref
         with self._cond:
-            if failures:
+            if outputs is None:  # cancelled before it ran
+                self.cancelled += len(seg)
+            elif failures:
                 failed = np.zeros(len(seg), dtype=bool)
                 for off, exc in failures:
                     failed[off] = True

@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 __all__ = ["ActorStats", "PlacementChange", "PoolStats", "ScaleReport", "ShardStats"]
@@ -165,6 +167,39 @@ class PoolStats(BaseModel):
     def items(self) -> int:
         """Items finished across all shards."""
         return sum(s.items for s in self.shards)
+
+    def __repr__(self) -> str:
+        from shardyard.scheduler.display import summary
+
+        return summary(self)
+
+    def __str__(self) -> str:
+        return f"{self!r}\n{self.load_table()}"
+
+    def _repr_html_(self) -> str:
+        from shardyard.scheduler.display import stats_html
+
+        return stats_html(self)
+
+    def to_pandas(self, of: str = "shards") -> Any:
+        """A pandas DataFrame, one row per shard (``of="shards"``) or per actor (``"actors"``).
+
+        Raises:
+            ImportError: pandas is not installed (the ``notebook`` extra has it).
+        """
+        from shardyard.scheduler.display import stats_frame
+
+        return stats_frame(self, of)
+
+    def plot(self, metric: str = "items") -> Any:
+        """A matplotlib Figure of ``metric`` (``"items"``, ``"busy_s"``, ``"errors"``) per
+        shard and per actor, with the mean and the skew (max / mean): uneven load shows.
+
+        In Jupyter, a cell ending in ``pool.stats().plot()`` shows the figure.
+        """
+        from shardyard.scheduler.display import plot_load
+
+        return plot_load(self, metric)
 
     def load_table(self) -> str:
         """A small text table of items per actor and shard (for printing)."""

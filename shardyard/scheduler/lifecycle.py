@@ -1,0 +1,102 @@
+"""The life of pools in one driver process: the live ones, and releasing their actors.
+
+A pool's actors are released when it is closed, when it is garbage-collected unclosed (a
+finalizer, so ``ShardPool(f).map(xs)`` on one line leaks nothing), when the notebook cell
+that made it runs again (IPython's output cache keeps a displayed pool referenced, so
+collection alone would not do), and by :func:`close_all`.
+
+Example:
+    >>> close_all()
+    0
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shardyard.scheduler.pool import ShardPool
+
+__all__ = ["close_all", "live_pools", "register", "release", "replace_cell_pools"]
+
+log = logging.getLogger(__name__)
+
+_live: weakref.WeakValueDictionary[int, ShardPool] = weakref.WeakValueDictionary()
+_ids = itertools.count()
+_lock = threading.Lock()
+
+
+def register(pool: ShardPool) -> None:
+    """Track ``pool`` (weakly) for :func:`close_all` and cell re-runs."""
+    with _lock:
+        _live[next(_ids)] = pool
+
+
+def live_pools() -> list[ShardPool]:
+    """The pools of this process that are not closed, oldest first."""
+    with _lock:
+        pools = [p for _, p in sorted(_live.items())]
+    return [p for p in pools if not p.closed]
+
+
+def close_all(wait: bool = False, timeout: float | None = None) -> int:
+    """Close every open pool of this process; return how many were closed.
+
+    Args:
+        wait: let their outstanding items finish first (``False``: those fail with
+            ``PoolClosedError``, as after ``close(wait=False)``).
+        timeout: seconds each pool may wait for its items (with ``wait=True``).
+
+    Example:
+        >>> import shardyard
+        >>> shardyard.close_all()
+        0
+    """
+    pools = live_pools()
+    for pool in pools:
+        pool.close(wait=wait, timeout=timeout)
+    return len(pools)
+
+
+def replace_cell_pools(pool: ShardPool, cell: tuple[str, int] | None) -> None:
+    """Close the pools made by an earlier run of the notebook cell now making ``pool``.
+
+    Pools made by the same run of a cell (a loop) are left alone, and so are pools of
+    other cells.
+    """
+    if cell is None:
+        return
+    for old in live_pools():
+        made = old._cell
+        if old is not pool and made is not None and made[0] == cell[0] and made[1] != cell[1]:
+            old._close_reason = "the notebook cell that made it was run again"
+            old.close(wait=False)
+
+
+def release(core: Any, store: Any, autoscaler: Any) -> None:
+    """Stop a pool's autoscaler and core, kill its actors, close its store (idempotent).
+
+    It is the finalizer of a started pool, so it references none of the pool itself. Run
+    on the core's own thread (whose loop it stops), it hands over to a new thread.
+    """
+    if core is not None and core.on_loop_thread():
+        threading.Thread(
+            target=release, args=(core, store, autoscaler), name="shardyard-release", daemon=True
+        ).start()
+        return
+    from shardyard.scheduler.core import kill_quietly
+
+    try:
+        if autoscaler is not None:
+            autoscaler.stop()
+        if core is not None:
+            core.stop()
+            for handle in core.all_handles():
+                kill_quietly(handle)
+    finally:
+        if store is not None:
+            store.close()
