@@ -94,6 +94,10 @@ def use_token_if_found() -> TokenSource | None:
     source = find_token()
     if AUTH_MODE_ENV not in os.environ and source is not None:
         os.environ[AUTH_MODE_ENV] = "token"
+    if source is not None:
+        # Also when the mode was on already: Ray caches the first token it read, so a
+        # notebook that fixes RAY_AUTH_TOKEN_PATH after a refused attempt would go on
+        # sending the refused token until the kernel restarts.
         _reload_ray_auth_config()
     return source if token_mode_on() else None
 
