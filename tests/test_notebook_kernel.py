@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from kernel_helpers import Kernel
 
 pytestmark = pytest.mark.timeout(600)
@@ -234,7 +233,8 @@ def test_start_up_that_cannot_fit_fails_with_a_message(kernel: Kernel) -> None:
         "while ray.available_resources().get('CPU') != ray.cluster_resources().get('CPU'):\n"
         "    if time.monotonic() > deadline: break\n"
         "    time.sleep(0.2)\n"
-        "print('cpus free:', ray.available_resources().get('CPU') == ray.cluster_resources()['CPU'])"
+        "free = ray.available_resources().get('CPU') == ray.cluster_resources()['CPU']\n"
+        "print('cpus free:', free)"
     )
     assert out.error is None, out.error
     lines = out.stdout.strip().split("\n")
