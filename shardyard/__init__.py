@@ -9,6 +9,7 @@ Example:
     dtype('uint64')
 """
 
+from shardyard.actor_pool import ActorPool
 from shardyard.actors import Shard
 from shardyard.cluster import ClusterInfo, connect, disconnect
 from shardyard.config import AutoscaleConfig, ClusterConfig, PoolConfig
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActorLostError",
+    "ActorPool",
     "ActorStats",
     "AutoscaleConfig",
     "ClusterConfig",
