@@ -29,6 +29,7 @@ from shardyard.errors import (
     UnknownStrategyError,
     UnsupportedKeyError,
 )
+from shardyard.executor import Executor
 from shardyard.scheduler import (
     ActorStats,
     PlacementChange,
@@ -52,6 +53,7 @@ __all__ = [
     "ClusterConnectionError",
     "ClusterInfo",
     "ConfigError",
+    "Executor",
     "InputError",
     "PlacementChange",
     "PoisonItemError",

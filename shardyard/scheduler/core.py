@@ -372,7 +372,10 @@ class Core:
             self._drain_submits(run, touched, out)
         if out:
             self._flush_later(out)
-        for a in touched:
+        # The least busy first: keyless work goes to an idle actor before it fills a
+        # second call slot of a busy one.
+        slots = self.dispatch.actors
+        for a in sorted(touched, key=lambda a: (slots[a].inflight, slots[a].outstanding)):
             self._kick(a)
 
     def _drain_submits(

@@ -204,6 +204,8 @@ class ShardPool:
         core = self._core
         if core is not None and not self._closed:
             return core
+        if self._closed:  # before the lock: close() may be failing items on this thread
+            raise PoolClosedError(f"this ShardPool is closed: {self._close_reason}")
         with self._start_lock:  # one start, whichever thread gets here first
             if self._closed:
                 raise PoolClosedError(f"this ShardPool is closed: {self._close_reason}")
@@ -658,12 +660,15 @@ class ShardPool:
                 core.wait_idle(timeout)
         finally:
             with self._start_lock:
-                if not self._released:
-                    self._released = True
-                    if self._finalizer is not None:
-                        self._finalizer()  # runs lifecycle.release once
-                    elif self._store is not None:
-                        self._store.close()
+                release = not self._released
+                self._released = True
+            # Not under the lock: stopping fails the unfinished items, whose done-callbacks
+            # may call this pool again (and get PoolClosedError).
+            if release:
+                if self._finalizer is not None:
+                    self._finalizer()  # runs lifecycle.release once
+                elif self._store is not None:
+                    self._store.close()
 
     @property
     def closed(self) -> bool:
