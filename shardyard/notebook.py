@@ -54,20 +54,29 @@ def current_cell() -> tuple[str, int] | None:
     except Exception:
         cell_id = None
     if not cell_id:
-        frame = sys._getframe(1)
-        while frame is not None and _is_library(frame.f_code.co_filename):
-            frame = frame.f_back  # type: ignore[assignment]
-        if frame is None:
+        cell_id = _cell_file()
+        if cell_id is None:
             return None
-        cell_id = frame.f_code.co_filename
     return str(cell_id), count
 
 
-def _is_library(filename: str) -> bool:
-    from pathlib import Path
+def _cell_file() -> str | None:
+    """The code file of the cell running now: the outermost frame in ipykernel's cell files.
 
-    here = Path(__file__).resolve().parent
+    ipykernel names a cell's code file after a hash of the cell's text, in one folder per
+    kernel; frames of helper functions (defined in another cell or a module) are skipped,
+    so a pool made by a helper belongs to the cell that called it.
+    """
     try:
-        return Path(filename).resolve().is_relative_to(here)
-    except (OSError, ValueError):
-        return False
+        from ipykernel.compiler import get_tmp_directory
+    except ImportError:
+        return None
+    folder = get_tmp_directory()
+    found: str | None = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(folder):
+            found = name  # keep going: the outermost one is the cell's top level
+        frame = frame.f_back  # type: ignore[assignment]
+    return found

@@ -321,7 +321,16 @@ class Core:
         Items already sent (or numbered for a resend) are left to finish: their effect on
         shard state stands, as for any completed item. The dropped ones end at ``sink``
         as cancelled (outputs ``None``), so waiting on the sink and on the pool ends.
+        The work runs on the core's loop thread: a second Ctrl-C in the calling thread
+        can stop the wait for it, never leave it half done.
         """
+        try:
+            done = self.run(self._cancel(sink))
+        except PoolClosedError:
+            return 0  # stopping: every unfinished item fails anyway
+        return done.result()
+
+    async def _cancel(self, sink: Any) -> int:
         out: list[Delivery] = []
         with self._lock:
             for entry in self._inbox:
@@ -682,7 +691,7 @@ class Core:
                 a,
                 ActorLostError(
                     f"actor {a} died {self._deaths[a]} times (max_retries={self._max_retries}); "
-                    f"its shards {slot.shards} cannot be recovered; last cause: {cause}"
+                    f"its shards {_some(slot.shards)} cannot be recovered; last cause: {cause}"
                 ),
                 out,
             )
@@ -929,7 +938,7 @@ class Core:
             "%s from their last snapshots, and it is retired",
             a,
             why,
-            moved,
+            _some(moved),
             sorted(targets),
         )
         self._flush(out)
@@ -1352,6 +1361,14 @@ class Core:
                 ],
                 "history": [dict(h) for h in self.history],
             }
+
+
+def _some(ids: Any, shown: int = 12) -> str:
+    """A list of shard ids for a message: the first few and how many in all."""
+    ids = list(ids)
+    if len(ids) <= shown:
+        return str(ids)
+    return f"[{', '.join(map(str, ids[:shown]))}, ... ({len(ids)} in all)]"
 
 
 def _ray_says_alive(handle: Any) -> bool | None:

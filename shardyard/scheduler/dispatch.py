@@ -8,9 +8,14 @@ Per actor at most ``max_inflight`` calls are in flight. A call carries at most o
 per shard of the actor: first what the ledger has numbered already (replays, resends,
 barriers), else up to ``max_batch`` queued items; then a share of the keyless pull queue.
 With ``call_budget_s`` set, new items in one call are also bounded by the time the actor is
-expected to take (its recent seconds per item; ``FIRST_CALL_ITEMS`` while unknown), so the
-work in flight on an actor stays near ``max_inflight * call_budget_s`` seconds whatever the
-handler costs: an interrupt or a cancel takes effect quickly, and progress moves steadily.
+expected to take, so the work in flight on an actor stays near ``max_inflight *
+call_budget_s`` seconds whatever the handler costs: an interrupt or a cancel takes effect
+quickly, and progress moves steadily. The expected cost per item is the larger of the
+actor's recent average and what its oldest unanswered call has taken so far (a call that
+is slow to come back lowers the next ones at once); while unknown, ``FIRST_CALL_ITEMS``.
+The first items of a new producer (a ``map`` whose sink has nothing finished yet) go one
+per call, a probe: a new workload may cost far more per item than the last one did.
+Shards of an actor take turns: each call starts after the shard the last one stopped at.
 A suspect batch (see the ledger) goes alone: only once nothing else is in flight on its
 actor, and nothing follows it until it is answered.
 
@@ -31,15 +36,17 @@ Example:
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from shardyard.scheduler.ledger import Batch, Delivery, Ledger
 from shardyard.scheduler.segments import Segment, take_items
 
 __all__ = ["FIRST_CALL_ITEMS", "ActorSlot", "Dispatch"]
 
-FIRST_CALL_ITEMS = 64  # new items per call while an actor's cost per item is unknown
+FIRST_CALL_ITEMS = 16  # new items per call while an actor's cost per item is unknown
 
 
 @dataclass(slots=True)
@@ -56,8 +63,15 @@ class ActorSlot:
     first_wait: float | None = None  # when its oldest held partial batch started waiting
     cost: float | None = None  # seconds per item its handler took lately (None: not yet seen)
     busy_until: float = 0.0  # when its last answered call ended (service-time estimate)
+    sent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, items) unanswered
+    last_served: int = -1  # the shard the last call stopped at (shards take turns)
     failed: bool = False  # gave up on it (restart budget spent) or retired: nothing is sent
     retired: bool = False  # scaled in: its shards moved away and its process was stopped
+
+
+def _unproven(sink: Any) -> bool:
+    """True while nothing of ``sink``'s producer has finished: its items' cost is unknown."""
+    return getattr(sink, "finished", 1) == 0
 
 
 class Dispatch:
@@ -140,6 +154,7 @@ class Dispatch:
                     b = ledger.pop_outbox(solo)
                     ledger.sent(b)
                     slot.inflight += 1
+                    slot.sent.append((now, b.size))
                     calls.append([b])
                     continue
                 suspect = next((s for s in numbered if ledger.books[s].outbox[0].alone), None)
@@ -149,28 +164,34 @@ class Dispatch:
                         ledger.sent(b)
                         slot.alone = True
                         slot.inflight += 1
+                        slot.sent.append((now, b.size))
                         calls.append([b])
                     break
             hold = self._hold_until(slot, numbered, now)
             if hold is not None:
                 return calls, hold
             batches = [ledger.pop_outbox(s) for s in numbered]
-            room = self._room(slot)
-            for sid in slot.ready:
+            room = self._room(slot, now)
+            for sid in self._turns(slot):
+                if room <= 0:
+                    break
                 # A shard with numbered batches gets no new one in this call: it would
                 # overtake them (and one batch per shard per call is enough).
                 if (
-                    room > 0
-                    and self.queued[sid]
+                    self.queued[sid]
                     and sid not in ledger.outboxed
                     and sid not in numbered
                     and ledger.takes_new(sid)
                 ):
-                    batch = self._cut(sid, room)
-                    room -= batch.size
+                    probe = _unproven(self.queues[sid][0].sink)
+                    batch = self._cut(sid, 1 if probe else room)
+                    room = 0 if probe else room - batch.size
+                    slot.last_served = sid
                     batches.append(batch)
             slot.ready = {s for s in slot.ready if self.queued[s]}
             if self.pull_queued and room > 0:
+                if _unproven(self.pull[0].sink):
+                    room = 1
                 # Pulled work goes to shards with nothing numbered and no batch in this call:
                 # two batches of a shard in one call come back (if the call fails) as two
                 # solo retries, and one sent before the other would hold the actor.
@@ -186,6 +207,7 @@ class Dispatch:
             for b in batches:
                 ledger.sent(b)
             slot.inflight += 1
+            slot.sent.append((now, sum(b.size for b in batches)))
             calls.append(batches)
         return calls, None
 
@@ -208,13 +230,24 @@ class Dispatch:
             return None
         return deadline
 
-    def _room(self, slot: ActorSlot) -> int:
+    def _room(self, slot: ActorSlot, now: float) -> int:
         """New items one call to ``slot`` may carry (its time budget over its cost)."""
         if self._call_budget is None:
             return 1 << 62
-        if slot.cost is None:
+        cost = slot.cost
+        if slot.sent:
+            since, items = slot.sent[0]  # its oldest unanswered call: at least this slow
+            if items:
+                cost = max(cost or 0.0, (now - since) / items)
+        if not cost:
             return FIRST_CALL_ITEMS
-        return max(1, int(self._call_budget / max(slot.cost, 1e-9)))
+        return max(1, int(self._call_budget / cost))
+
+    def _turns(self, slot: ActorSlot) -> list[int]:
+        """``slot``'s shards with queued items, starting after the one served last."""
+        ready = sorted(slot.ready)
+        cut = bisect_right(ready, slot.last_served)
+        return ready[cut:] + ready[:cut]
 
     def _cut(self, sid: int, room: int) -> Batch:
         segments = take_items(self.queues[sid], min(room, self._max_batch))
@@ -255,6 +288,8 @@ class Dispatch:
         """A call to actor ``a`` was answered (or failed)."""
         slot = self.actors[a]
         slot.inflight -= 1
+        if slot.sent:
+            slot.sent.popleft()
         if alone:
             slot.alone = False
 
@@ -277,6 +312,7 @@ class Dispatch:
         """Actor ``a``'s calls in flight will never be answered: free its slots."""
         slot = self.actors[a]
         slot.inflight = 0
+        slot.sent.clear()
         slot.alone = False
 
     def finished(self, sid: int, n: int) -> None:
@@ -319,6 +355,7 @@ class Dispatch:
         slot.ready.clear()
         # Its calls still in flight (superseded batches only) are void: none is counted off.
         slot.inflight = 0
+        slot.sent.clear()
         slot.alone = False
 
     def active(self) -> list[int]:

@@ -4,7 +4,9 @@ Python raises ``KeyboardInterrupt`` wherever the main thread happens to be, whic
 the middle of handing items to the scheduler. While a ``map`` waits, :class:`SigintGuard`
 replaces Python's default SIGINT handler with one that only records the request; the call
 checks it between steps, cancels what it has not sent, and raises a short
-``KeyboardInterrupt`` itself. A second Ctrl-C raises at once (the usual escape hatch).
+``KeyboardInterrupt`` itself. A second Ctrl-C while the call then waits for its items in
+flight raises at once (the usual escape hatch); the caller arms that (``armed``) only where
+an exception cannot leave the scheduler half-updated.
 
 The guard does nothing outside the main thread, or when SIGINT has a handler other than
 Python's default (an application's own, such as ``shardyard run``'s graceful stop, or
@@ -29,7 +31,13 @@ __all__ = ["Interrupted", "SigintGuard"]
 
 class Interrupted(KeyboardInterrupt):
     """A call noticed Ctrl-C and cancelled its unsent items (internal; the public methods
-    raise a plain ``KeyboardInterrupt`` with this message)."""
+    raise a plain ``KeyboardInterrupt`` with this message).
+
+    Attributes:
+        partial: a stream's outputs that arrived but were not yielded yet.
+    """
+
+    partial: list[object] = []  # noqa: RUF012 - replaced per instance, never mutated
 
 
 class SigintGuard:
@@ -37,6 +45,7 @@ class SigintGuard:
 
     def __init__(self) -> None:
         self.requested = False
+        self.armed = False  # a second Ctrl-C raises at once (only where that is safe)
         self._installed = False
         self._previous: object = None
 
@@ -59,6 +68,6 @@ class SigintGuard:
             signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
-            raise KeyboardInterrupt  # pressed again: stop waiting
+        if self.requested and self.armed:
+            raise KeyboardInterrupt  # pressed again while the call only waits: stop waiting
         self.requested = True

@@ -1,7 +1,8 @@
 """The life of pools in one driver process: the live ones, and releasing their actors.
 
 A pool's actors are released when it is closed, when it is garbage-collected unclosed (a
-finalizer, so ``ShardPool(f).map(xs)`` on one line leaks nothing), when the notebook cell
+finalizer, once its unfinished items ended, so ``ShardPool(f).map(xs)`` on one line leaks
+nothing and ``ShardPool(f).submit(x).result()`` works), when the notebook cell
 that made it runs again (IPython's output cache keeps a displayed pool referenced, so
 collection alone would not do), and by :func:`close_all`.
 
@@ -21,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shardyard.scheduler.pool import ShardPool
 
-__all__ = ["close_all", "live_pools", "register", "release", "replace_cell_pools"]
+__all__ = [
+    "close_all",
+    "live_pools",
+    "register",
+    "release",
+    "release_when_done",
+    "replace_cell_pools",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +86,16 @@ def replace_cell_pools(pool: ShardPool, cell: tuple[str, int] | None) -> None:
 
 
 def release(core: Any, store: Any, autoscaler: Any) -> None:
-    """Stop a pool's autoscaler and core, kill its actors, close its store (idempotent).
+    """Stop a pool's autoscaler and core, kill its actors, close its store.
 
-    It is the finalizer of a started pool, so it references none of the pool itself. Run
-    on the core's own thread (whose loop it stops), it hands over to a new thread.
+    ``ShardPool.close`` calls it; for a collected pool it runs through
+    :func:`release_when_done`. Called on the core's own loop thread (which it stops) or on
+    a thread Python did not start (Ray's callback thread, where killing actors would
+    deadlock Ray), e.g. by a done-callback that closes the pool, it hands over to a new
+    thread and returns at once.
     """
-    if core is not None and core.on_loop_thread():
+    current = threading.current_thread()
+    if isinstance(current, threading._DummyThread) or (core is not None and core.on_loop_thread()):
         threading.Thread(
             target=release, args=(core, store, autoscaler), name="shardyard-release", daemon=True
         ).start()
@@ -100,3 +112,22 @@ def release(core: Any, store: Any, autoscaler: Any) -> None:
     finally:
         if store is not None:
             store.close()
+
+
+def release_when_done(core: Any, store: Any, autoscaler: Any) -> None:
+    """The finalizer of a started pool: release it once its unfinished items ended.
+
+    It references none of the pool itself (the core works without it), so a future of a
+    pool nobody references still resolves: ``ShardPool(f).submit(x).result()`` works. It
+    runs in a new thread: a pool may be collected on any thread, Ray's callback thread
+    included, where killing actors would deadlock Ray.
+    """
+
+    def run() -> None:
+        try:
+            if core is not None:
+                core.wait_idle()
+        finally:
+            release(core, store, autoscaler)
+
+    threading.Thread(target=run, name="shardyard-release", daemon=True).start()

@@ -315,7 +315,7 @@ class ShardPool:
             self._autoscaler.start()
         # Not at interpreter exit: Ray ends a driver's actors with the driver.
         self._finalizer = weakref.finalize(
-            self, lifecycle.release, core, self._store, self._autoscaler
+            self, lifecycle.release_when_done, core, self._store, self._autoscaler
         )
         self._finalizer.atexit = False
         return core
@@ -665,8 +665,8 @@ class ShardPool:
             # Not under the lock: stopping fails the unfinished items, whose done-callbacks
             # may call this pool again (and get PoolClosedError).
             if release:
-                if self._finalizer is not None:
-                    self._finalizer()  # runs lifecycle.release once
+                if self._finalizer is not None and self._finalizer.detach() is not None:
+                    lifecycle.release(core, self._store, self._autoscaler)
                 elif self._store is not None:
                     self._store.close()
 
@@ -685,7 +685,7 @@ class ShardPool:
 
     def __repr__(self) -> str:
         # Never starts the pool nor calls the actors: a repr must be cheap and safe.
-        name = getattr(self._handler, "__qualname__", None) or repr(self._handler)
+        name = _handler_name(self._handler)
         core = self._core
         if core is None or self._closed:
             return f"<ShardPool {name} ({self._state()})>"
@@ -862,6 +862,7 @@ class ShardPool:
         core = self._ensure_started()
         sink = MapSink(self.config.max_pending_items, keep=keep)
         chunks = self._chunks(items, keys)
+        total = _length(items)
         base = 0
         exhausted = False
         failure: _InputFailed | None = None
@@ -871,7 +872,13 @@ class ShardPool:
             while True:
                 while not exhausted and sink.has_capacity() and not guard.requested:
                     try:
-                        nxt = next(chunks, None)
+                        # Reading runs the user's iterator and key function: Ctrl-C there
+                        # raises at once (a slow input must not hold it off a whole chunk).
+                        guard.exit()
+                        try:
+                            nxt = next(chunks, None)
+                        finally:
+                            guard.enter()
                         if nxt is None:
                             exhausted = True
                             break
@@ -880,17 +887,18 @@ class ShardPool:
                         # Read no further, but let what was handed over finish (below).
                         failure, exhausted = exc, True
                         break
+                    except KeyboardInterrupt:
+                        guard.requested = True  # in the input: handled as a deferred one
+                        break
                 if keep:
                     # Wake up now and then so a progress bar moves and Ctrl-C is seen.
                     done = sink.wait_all if exhausted else sink.wait_capacity
-                    while not done(timeout=0.1):
-                        if guard.requested:
-                            _interrupt(core, sink)
+                    while not guard.requested and not done(timeout=0.1):
                         _check_deadline(deadline, timeout, sink)
                         if exhausted:
                             yield sink, [], []
                     if guard.requested:
-                        _interrupt(core, sink)
+                        _interrupt(core, sink, guard, total)
                     yield sink, [], []
                     if exhausted:
                         break
@@ -899,7 +907,7 @@ class ShardPool:
                 while not (pieces or errors or sink.all_done() or guard.requested):
                     pieces, errors = sink.take(block=True, timeout=0.1)
                 if guard.requested:
-                    _interrupt(core, sink)
+                    _interrupt(core, sink, guard, total, pieces)
                 guard.exit()  # the consumer's code runs with the usual Ctrl-C
                 yield sink, pieces, errors
                 guard.enter()
@@ -1039,7 +1047,7 @@ class ShardPool:
                     elif first_error is None:
                         first_error = exc
         except Interrupted as stop:
-            raise KeyboardInterrupt(str(stop)) from None
+            raise _keyboard_interrupt(stop) from None
         except _InputFailed as failed:
             raise failed.to_error() from failed.cause
         finally:
@@ -1064,7 +1072,7 @@ class ShardPool:
                 if errors and first_error is None:
                     first_error = errors[0][1]
         except Interrupted as stop:
-            raise KeyboardInterrupt(str(stop)) from None
+            raise _keyboard_interrupt(stop) from None
         except _InputFailed as failed:
             raise failed.to_error() from failed.cause
         if first_error is not None:
@@ -1293,6 +1301,17 @@ class ShardPool:
 _END = object()  # end-of-iterator marker
 
 
+def _handler_name(handler: Any) -> str:
+    """A short name for a handler (never its repr, which can be huge)."""
+    inner = getattr(handler, "func", None)  # functools.partial
+    if inner is not None and callable(inner):
+        return f"partial({_handler_name(inner)})"
+    name = getattr(handler, "__qualname__", None)
+    if not isinstance(name, str):
+        name = type(handler).__qualname__ + " instance"
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
 def _length(x: Any) -> int | None:
     """``len(x)`` for sized inputs, ``None`` for iterators and ``None`` itself."""
     return len(x) if x is not None and hasattr(x, "__len__") else None
@@ -1485,25 +1504,56 @@ def _wait_scheduled(actors: list[Any], deadline: float, demand: dict[str, float]
     )
 
 
-def _interrupt(core: Core, sink: MapSink, wait_s: float = 5.0) -> None:
+def _interrupt(
+    core: Core,
+    sink: MapSink,
+    guard: SigintGuard,
+    total: int | None,
+    taken: list[tuple[np.ndarray, Any]] | None = None,
+    wait_s: float = 5.0,
+) -> None:
     """Ctrl-C: cancel the call's unsent items, wait for those in flight, raise ``Interrupted``.
 
     The work in flight on an actor is bounded (``inflight_seconds_per_actor``), so the wait
-    is short; a second Ctrl-C ends it at once.
+    is short; a second Ctrl-C ends it at once (safe here: the cancel itself runs on the
+    core's thread). For a stream, the outputs that arrived but were not yielded yet
+    (``taken`` and what finishes meanwhile) go with the exception as ``partial``.
     """
+    guard.armed = True
     dropped = core.cancel(sink)
     sink.wait_all(timeout=wait_s)
     running = sink.submitted - sink.finished
     ran = sink.finished - sink.cancelled
+    unread = (
+        f", and {total - sink.submitted} not yet read were skipped"
+        if total is not None and total > sink.submitted
+        else ""
+    )
     tail = (
         f"; {running} sent items were still running after {wait_s:g} s and will finish"
         if running
         else ""
     )
-    raise Interrupted(
-        f"interrupted: {dropped} items not yet sent were cancelled; {ran} items had finished "
-        f"(those that update a Shard's state keep their effect){tail}. The pool is ready."
+    stop = Interrupted(
+        f"interrupted: {dropped} items not yet sent were cancelled{unread}; {ran} items had "
+        f"finished (those that update a Shard's state keep their effect){tail}. The pool is "
+        "ready."
     )
+    if not sink.keep:
+        pieces = list(taken or []) + sink.take(block=False)[0]
+        stop.partial = [v for _, out in pieces for v in _values(out)]
+    raise stop
+
+
+def _keyboard_interrupt(stop: Interrupted) -> KeyboardInterrupt:
+    """The short ``KeyboardInterrupt`` a stream raises, with its unyielded ``partial`` outputs."""
+    exc = KeyboardInterrupt(str(stop))
+    exc.partial = getattr(stop, "partial", [])  # type: ignore[attr-defined]
+    return exc
+
+
+def _values(outputs: Any) -> list[Any]:
+    return outputs.tolist() if isinstance(outputs, np.ndarray) else list(outputs)
 
 
 def _check_deadline(deadline: float | None, timeout: float | None, sink: MapSink) -> None:

@@ -48,7 +48,7 @@ class MapSink(Sink):
     def __init__(self, max_pending: int, keep: bool) -> None:
         self._cond = threading.Condition()
         self._max_pending = max_pending
-        self._keep = keep
+        self.keep = keep
         self.submitted = 0  # items handed to the dispatcher
         self.finished = 0  # items with an output or an error
         self.released = 0  # finished items the consumer is done with (stream use)
@@ -67,7 +67,7 @@ class MapSink(Sink):
     def _held(self) -> int:
         # Items the driver holds for this call: unfinished ones, plus (when streaming)
         # finished ones the consumer has not taken yet.
-        return self.submitted - (self.finished if self._keep else self.released)
+        return self.submitted - (self.finished if self.keep else self.released)
 
     def has_capacity(self) -> bool:
         return self._held() < self._max_pending
