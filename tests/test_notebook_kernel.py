@@ -238,7 +238,11 @@ def test_start_up_that_cannot_fit_fails_with_a_message(kernel: Kernel) -> None:
     )
     assert out.error is None, out.error
     lines = out.stdout.strip().split("\n")
-    assert lines[0].startswith("timeout:") and "CPU: each actor needs 1" in lines[0]
+    assert (
+        lines[0].startswith("timeout:")
+        and "needs {CPU: 1}" in lines[0]
+        and "Missing: CPU (0 of 2 free)" in lines[0]
+    )
     assert "Nothing was left running" in lines[0]
     assert lines[1].startswith("refused:") and "num_cpus_per_actor=1000" in lines[1]
     assert lines[2].startswith("refused:") and "tpu" in lines[2]

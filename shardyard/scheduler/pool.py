@@ -1490,17 +1490,18 @@ def _wait_scheduled(actors: list[Any], deadline: float, demand: dict[str, float]
         return
     free, total = ray.available_resources(), ray.cluster_resources()
     wants = demand or {"CPU": 1.0}  # an actor reserving nothing still needs a CPU to start
+    need = ", ".join(f"{name}: {amount:g}" for name, amount in sorted(wants.items()))
     short = [
-        f"{name}: each actor needs {amount:g}, the cluster has {free.get(name, 0.0):g} free "
-        f"of {total.get(name, 0.0):g}"
+        f"{name} ({free.get(name, 0.0):g} of {total.get(name, 0.0):g} free)"
         for name, amount in sorted(wants.items())
         if free.get(name, 0.0) < amount or not demand
     ]
     raise StartTimeoutError(
-        f"{len(pending)} of {len(actors)} shard actors could not be started in time. "
-        f"Missing resources: {'; '.join(short) or 'none by count (a node may be starting)'}. "
-        "Nothing was left running. Lower num_actors, num_cpus_per_actor or "
-        "resources_per_actor, add nodes, or pass a longer start(timeout=...)"
+        f"{len(pending)} of {len(actors)} shard actors could not be started in time: each "
+        f"needs {{{need}}}{' to schedule' if not demand else ''}. Missing: "
+        f"{', '.join(short) or 'nothing by count (a node may be starting)'}. Nothing was left "
+        "running. Lower num_actors, num_cpus_per_actor or resources_per_actor, add nodes, "
+        "or pass a longer start(timeout=...)"
     )
 
 
