@@ -34,6 +34,7 @@ from ray import cloudpickle
 __all__ = [
     "BARRIER",
     "REPLAY",
+    "USER_ERRORS",
     "WORK",
     "BarrierReply",
     "BatchReply",
@@ -74,7 +75,14 @@ class ItemFailure:
             # cloudpickle: an exception class the user defined in a notebook or script
             # (``__main__``, pickled by value) travels by value, and comes back to the
             # driver as the user's own class.
-            cause: bytes | None = cloudpickle.dumps(exc)
+            blob = cloudpickle.dumps(exc)
+            cause: bytes | None = blob
+            try:
+                pickle.loads(blob)
+            except Exception:
+                # Pickles but does not load (an __init__ whose arguments differ from
+                # .args): send the class, args and attributes, rebuilt without __init__.
+                cause = cloudpickle.dumps(_Rebuilt(type(exc), exc.args, dict(vars(exc))))
         except Exception:
             cause = None
         return cls(position, cause, tb)
@@ -85,9 +93,33 @@ class ItemFailure:
             return None
         try:
             exc = pickle.loads(self.cause)
+            if isinstance(exc, _Rebuilt):
+                exc = exc.build()
         except Exception:
             return None
         return exc if isinstance(exc, BaseException) else None
+
+
+class _Rebuilt(NamedTuple):
+    """An exception as its class, ``args`` and attributes (for classes whose pickle does not
+    load: ``BaseException`` pickles call ``cls(*args)``, which a custom ``__init__`` may
+    refuse)."""
+
+    cls: type[BaseException]
+    args: tuple[Any, ...]
+    attrs: dict[str, Any]
+
+    def build(self) -> BaseException:
+        exc = self.cls.__new__(self.cls)
+        exc.args = self.args
+        exc.__dict__.update(self.attrs)
+        return exc
+
+
+# What a handler may raise that the actor turns into the item's failure. SystemExit and
+# KeyboardInterrupt too: escaping, they would end the actor's event loop thread and leave
+# every later call unanswered. (asyncio.CancelledError is the loop's own and passes.)
+USER_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
 
 
 class WireBatch(NamedTuple):

@@ -277,3 +277,19 @@ def test_stats_as_a_frame_and_a_plot(ray_local: Any, tmp_path: Path) -> None:
     figure.savefig(tmp_path / "load.png")
     assert (tmp_path / "load.png").stat().st_size > 1000
     assert "skew" in repr(stats)
+
+
+def test_disconnect_closes_open_pools_and_fails_their_items() -> None:
+    import shardyard
+    from shardyard.errors import PoolClosedError
+
+    shardyard.connect()
+    try:
+        pool = ShardPool(lambda x: time.sleep(0.2) or x, num_actors=1)
+        futures = [pool.submit(i) for i in range(20)]
+    finally:
+        shardyard.disconnect()
+    assert pool.closed
+    errors = [f.exception(timeout=30) for f in futures]
+    assert any(isinstance(e, PoolClosedError) for e in errors)
+    assert all(e is None or isinstance(e, PoolClosedError) for e in errors)

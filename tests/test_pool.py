@@ -214,6 +214,42 @@ def test_a_users_own_exception_class_comes_back_as_itself() -> None:
     assert "OutOfStock: no anvil left" in str(err).splitlines()[0]
 
 
+class NeedsTwo(Exception):
+    """An exception whose __init__ does not take its .args back (plain pickle cannot load it)."""
+
+    def __init__(self, what: str, code: int) -> None:
+        super().__init__(f"{what} failed with {code}")
+        self.code = code
+
+
+def _raise_odd(x: int) -> int:
+    if x == 3:
+        raise SystemExit(3)
+    if x == 5:
+        raise KeyboardInterrupt("in the handler")
+    if x == 7:
+        raise NeedsTwo("seven", 77)
+    return x
+
+
+def test_systemexit_and_keyboardinterrupt_in_a_handler_fail_their_item_alone() -> None:
+    # Escaping, they would end the actor's event loop thread: every later call would hang.
+    with ShardPool(_raise_odd, num_actors=1) as pool:
+        out = pool.map(range(10), return_exceptions=True)
+        assert [v for i, v in enumerate(out) if i not in (3, 5, 7)] == [0, 1, 2, 4, 6, 8, 9]
+        assert type(out[3].cause) is SystemExit and out[3].cause.code == 3
+        assert type(out[5].cause) is KeyboardInterrupt
+        assert pool.map(range(3)) == [0, 1, 2]  # the actor still answers
+
+
+def test_an_exception_with_its_own_init_signature_keeps_its_type() -> None:
+    with ShardPool(_raise_odd, num_actors=1) as pool, pytest.raises(TaskError) as info:
+        pool.map([7])
+    cause = info.value.cause
+    assert type(cause) is NeedsTwo and cause.code == 77  # type: ignore[attr-defined]
+    assert str(cause) == "seven failed with 77"
+
+
 def _batched_fail(batch: Any) -> Any:
     if (batch == 7).any():
         raise RuntimeError("seven")

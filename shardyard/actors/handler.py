@@ -25,7 +25,7 @@ import numpy as np
 from ray import cloudpickle
 
 from shardyard.actors.shard import Shard
-from shardyard.protocol import ItemFailure
+from shardyard.protocol import USER_ERRORS, ItemFailure
 
 __all__ = ["ItemFailure", "as_batch", "ensure_picklable", "pickle_each", "run_batch"]
 
@@ -71,7 +71,7 @@ def _per_item(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
     for pos, x in enumerate(_as_items(batch)):
         try:
             out.append(fn(x))
-        except Exception as exc:
+        except USER_ERRORS as exc:
             out.append(None)
             failures.append(ItemFailure.capture(pos, exc))
     return out, failures
@@ -97,7 +97,7 @@ def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
         batch = as_batch(batch)  # numeric items reach a batch handler as an array
     try:
         return _check_length(fn(batch), n, "batched handler"), []
-    except Exception:
+    except USER_ERRORS:
         if n == 1:
             raise
     # Stateless, so re-running item by item is safe and names the failing items.
@@ -107,7 +107,7 @@ def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
         try:
             one = _check_length(fn(batch[pos : pos + 1]), 1, "batched handler")
             out.append(one[0])
-        except Exception as exc:
+        except USER_ERRORS as exc:
             out.append(None)
             failures.append(ItemFailure.capture(pos, exc))
     return out, failures
@@ -154,7 +154,7 @@ def pickle_each(
             continue
         try:
             out.append(cloudpickle.dumps(value))
-        except Exception as exc:
+        except USER_ERRORS as exc:
             out.append(None)
             err = TypeError(f"the handler's output cannot be pickled: {exc}")
             extra.append(ItemFailure.capture(pos, err))
@@ -167,7 +167,7 @@ async def _per_item_async(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
     for pos, x in enumerate(_as_items(batch)):
         try:
             out.append(await fn(x))
-        except Exception as exc:
+        except USER_ERRORS as exc:
             out.append(None)
             failures.append(ItemFailure.capture(pos, exc))
     return out, failures
@@ -210,7 +210,7 @@ async def run_batch(
         if batched:
             return _batched(handler, batch)
         return _per_item(handler, batch)
-    except Exception as exc:
+    except USER_ERRORS as exc:
         # A whole-batch failure: every item of the batch carries the same cause.
         failure = ItemFailure.capture(0, exc)
         return [None] * n, [ItemFailure(p, failure.cause, failure.traceback) for p in range(n)]

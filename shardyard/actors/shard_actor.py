@@ -32,6 +32,7 @@ from shardyard.actors.shard import Shard
 from shardyard.protocol import (
     BARRIER,
     REPLAY,
+    USER_ERRORS,
     BarrierReply,
     BatchReply,
     CallReply,
@@ -114,7 +115,7 @@ class ShardActor:
         if b.kind == BARRIER:
             try:
                 reply = BarrierReply(b.shard_id, b.gen, b.seq, _freeze(hosted.instance), None)
-            except Exception as exc:
+            except USER_ERRORS as exc:
                 reply = BarrierReply(b.shard_id, b.gen, b.seq, None, ItemFailure.capture(0, exc))
         elif len(b.items) == 0:
             reply = BatchReply(b.shard_id, b.gen, b.seq, [], [])
@@ -193,7 +194,7 @@ class ShardActor:
                         else (cloudpickle.loads(raw))
                     )
                 instance = self._new_instance(req.shard_id, state)
-            except Exception as exc:
+            except USER_ERRORS as exc:
                 failures[req.shard_id] = ItemFailure.capture(0, exc)
                 continue
             self._shards[req.shard_id] = _HostedShard(instance, req.gen)
@@ -218,7 +219,7 @@ class ShardActor:
             # In a thread: the actor's other shards keep running while this one is frozen
             # (no batch of this one is sent until the move is over).
             state = await asyncio.to_thread(_freeze, hosted.instance)
-        except Exception as exc:
+        except USER_ERRORS as exc:
             return HandoffReply(self._incarnation, ItemFailure.capture(0, exc)), None
         if self._shards.get(shard_id) is not hosted:  # placed anew meanwhile
             why = RuntimeError(f"shard {shard_id} was placed anew during its handoff")
@@ -259,7 +260,7 @@ class ShardActor:
         for sid, h in self._shards.items():
             try:
                 out[sid] = (h.gen, _freeze(h.instance) or b"")
-            except Exception as exc:
+            except USER_ERRORS as exc:
                 out[sid] = (h.gen, ItemFailure.capture(0, exc))
         return self._incarnation, out
 

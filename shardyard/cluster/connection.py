@@ -302,10 +302,17 @@ def _start_on_owner_thread(start: Callable[[], None]) -> None:
 def disconnect() -> None:
     """Disconnect from Ray (and stop the embedded local Ray, if shardyard started it).
 
+    Every open pool of this process is closed first (``shardyard.close_all()``): their
+    unfinished items fail with ``PoolClosedError`` instead of waiting forever on actors
+    that are gone.
+
     Example:
         >>> disconnect()                     # doctest: +SKIP
     """
     global _started_here, _owner_release, _target
+    from shardyard.scheduler.lifecycle import close_all
+
+    close_all(wait=False)
     with _connect_lock:
         if ray.is_initialized():
             ray.shutdown()
