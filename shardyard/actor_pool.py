@@ -48,11 +48,30 @@ Fn = Callable[[Any, Any], Any]
 # What a retry (max_retries > 0) treats as "the actor is gone": the call never finished.
 _ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 _TIMEOUT_MSG = "Timed out waiting for result"
+# A value whose call died with its actor this many times is not retried again (a poison
+# value: its call kills whatever actor runs it).
+_POISON_DEATHS = 2
 _DONE = ("FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED")
 
 
 class _Retry(Exception):
     """Internal: the call failed with its actor and was resubmitted; wait again."""
+
+
+class _Stopped(Exception):
+    """Internal: the map whose thread submits was stopped; submit no more values."""
+
+
+class _MapRun:
+    """One ``map`` / ``amap`` (and their unordered twins) submitting its values.
+
+    ``stop`` ends its submitting (checked between submits and while ``submit`` blocks):
+    set when a later map starts, or when an ``amap`` is cancelled or closed, which also
+    drops the run's outstanding calls (see ``ActorPool._cancel_run``).
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
 
 
 @dataclass(eq=False)
@@ -63,11 +82,13 @@ class _Task:
     fn: Fn
     arg: Any
     future: _PoolFuture
+    run: _MapRun | None = None  # the map that submitted it, if any
     actor: Any = None
     ref: Any = None  # what fn returned: an ObjectRef, or a list of them (num_returns > 1)
     key: Any = None  # its key in _future_to_actor (a tuple for a list of refs)
     attempt: int = 0  # bumped on every resubmit; completions of older attempts are ignored
     retries: int = 0
+    deaths: int = 0  # how many times its call died with its actor
     watched: bool = False  # a Ray completion callback reports when the call ends
     # Set by Ray's callback thread (under _done_cond) when the current attempt ends:
     completed: bool = False
@@ -77,6 +98,7 @@ class _Task:
     released: bool = False  # its actor went back to the pool (or was evicted) already
     queued: bool = False  # a retry waiting in _pending_submits for an actor
     final: bool = False  # no retry any more: no actor was left to run it
+    dropped: bool = False  # its map was cancelled: its result is never returned
     error: BaseException | None = None  # fn itself raised when the pool (re)dispatched it
     last_exc: BaseException | None = None  # the actor error that caused the latest retry
 
@@ -87,11 +109,20 @@ class _Submit(tuple[Any, ...]):
 
     future: _PoolFuture
     task: _Task | None
+    run: _MapRun | None
 
-    def __new__(cls, fn: Fn, value: Any, future: _PoolFuture, task: _Task | None = None) -> _Submit:
+    def __new__(
+        cls,
+        fn: Fn,
+        value: Any,
+        future: _PoolFuture,
+        task: _Task | None = None,
+        run: _MapRun | None = None,
+    ) -> _Submit:
         self = super().__new__(cls, (fn, value))
         self.future = future
         self.task = task
+        self.run = task.run if task is not None else run
         return self
 
 
@@ -178,9 +209,14 @@ class ActorPool:
     * ``max_retries``: a call failing with ``RayActorError`` / ``ActorDiedError`` /
       ``ActorUnavailableError`` (its actor died or is unreachable) removes that actor
       from the pool and runs the same ``fn(actor, value)`` on another actor, up to
-      ``max_retries`` times per value, keeping the value's place for ``get_next``. With
-      no actor left, the error is raised. ``0`` (default): Ray's behaviour, the error is
-      raised to the caller.
+      ``max_retries`` times per value, keeping the value's place for ``get_next``. A value
+      whose call died with its actor twice is not retried again (a poison value: it
+      takes down two actors at most); its actor error is its result. With no actor
+      left, the error is raised. ``0`` (default): Ray's behaviour, the error is raised
+      to the caller.
+    * Once every actor is gone (none idle, none busy), queued submits, and later ones
+      until an actor is ``push``-ed, fail with the last actor error (their futures, and
+      ``get_next*`` in their turn) instead of waiting forever.
     * ``max_pending_submits``: ``submit`` blocks while this many submits are queued
       (default ``None``: unbounded, as Ray). While it blocks, calls that complete return
       their actors at once and queued submits run on them, so it never waits for a
@@ -236,6 +272,13 @@ class ActorPool:
         self._busy: dict[Any, _Task] = {}  # calls holding their actor (key -> task)
         self._failed: dict[int, _Task] = {}  # fn raised on a later dispatch: raise in turn
         self._requeued = 0  # retries at the head of _pending_submits
+        self._run: _MapRun | None = None  # the map submitting now, if any
+        self._map_local = threading.local()  # .run: the map this thread submits for
+        self._to_reap: list[_MapRun] = []  # cancelled maps whose calls are still to drop
+        self._skipped: set[int] = set()  # dropped indices get_next steps over
+        # The error of the last actor lost, while no actor is left (until one is pushed):
+        # submits fail with it instead of waiting forever.
+        self._dead_error: BaseException | None = None
 
         self._lock = threading.RLock()
         # Ray's callback thread reports completions under this leaf lock only (it never
@@ -292,12 +335,21 @@ class ActorPool:
         Returns:
             A future with the call's value (a list for ``num_returns > 1``) or error.
         """
+        # A map submits through here (as Ray's); its run ends its submits once stopped.
+        run: _MapRun | None = getattr(self._map_local, "run", None)
         future = _PoolFuture(self)
-        entry = _Submit(fn, value, future)
+        entry = _Submit(fn, value, future, run=run)
         while True:
             with self._lock:
+                self._reap()
+                if run is not None and run.stop.is_set():
+                    raise _Stopped
                 if self._idle_actors:
                     self._dispatch(entry, raise_errors=True)
+                    return future
+                if self._dead_error is not None:
+                    # Every actor died: nothing would ever run it (until one is pushed).
+                    self._fail_entry(entry, self._dead_error)
                     return future
                 if not self._queue_full():
                     self._pending_submits.append(entry)
@@ -308,10 +360,13 @@ class ActorPool:
                 if self._idle_actors or not self._queue_full():
                     continue
                 watched, epoch = self._watched_busy(), self._epoch
-            self._wait_any_completed(watched, None, epoch)
+            self._wait_any_completed(watched, None, epoch, run)
 
     def has_next(self) -> bool:
         """Whether any submitted result has not been returned yet."""
+        if self._to_reap:
+            with self._lock:
+                self._reap()
         return bool(self._future_to_actor) or bool(self._failed) or self._requeued > 0
 
     def get_next(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
@@ -332,6 +387,7 @@ class ActorPool:
             TimeoutError: the timeout passed first.
         """
         with self._lock:
+            self._reap()
             if not self.has_next():
                 raise StopIteration("No more results to get")
             if self._next_return_index >= self._next_task_index:
@@ -372,6 +428,7 @@ class ActorPool:
             TimeoutError: the timeout passed first.
         """
         with self._lock:
+            self._reap()
             if not self.has_next():
                 raise StopIteration("No more results to get")
             deadline = _deadline(timeout)
@@ -418,6 +475,7 @@ class ActorPool:
         """
         with self._lock:
             busy_actors = [a for _, a in self._future_to_actor.values()]
+            busy_actors += [t.actor for t in self._busy.values()]
             if actor in self._idle_actors or actor in busy_actors:
                 raise ValueError("Actor already belongs to current ActorPool")
             self._return_actor(actor)
@@ -483,33 +541,136 @@ class ActorPool:
         """``map`` for asyncio: an async iterator of results in order.
 
         The eager part (earlier results, then every submit, which may block under
-        ``max_pending_submits``) runs in a worker thread.
+        ``max_pending_submits``) runs in a worker thread. Cancelling (or closing) the
+        iterator stops that thread's submits and drops the map's outstanding calls: their
+        results are never returned by a later ``get_next*`` or map (their futures fail
+        with ``concurrent.futures.CancelledError``).
         """
-        await asyncio.to_thread(self._start_map, fn, values, True)
-        while self.has_next():
-            yield await self.aget_next()
+        run = _MapRun()
+        try:
+            await asyncio.to_thread(self._start_map, fn, values, True, run)
+            while self.has_next():
+                yield await self.aget_next()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled, closed or interrupted
+                self._cancel_run(run)
+            raise
 
     async def amap_unordered(
         self, fn: Callable[[Any, V], Any], values: Iterable[V]
     ) -> AsyncIterator[Any]:
-        """``map_unordered`` for asyncio: an async iterator of results as they complete."""
-        await asyncio.to_thread(self._start_map, fn, values, False)
-        while self.has_next():
-            yield await self.aget_next_unordered()
+        """``map_unordered`` for asyncio: an async iterator of results as they complete.
+
+        Cancelling (or closing) it drops the map's outstanding calls, as for :meth:`amap`.
+        """
+        run = _MapRun()
+        try:
+            await asyncio.to_thread(self._start_map, fn, values, False, run)
+            while self.has_next():
+                yield await self.aget_next_unordered()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled, closed or interrupted
+                self._cancel_run(run)
+            raise
 
     # --- map ---------------------------------------------------------------------------------
 
-    def _start_map(self, fn: Fn, values: Iterable[Any], ordered: bool) -> None:
-        # Earlier submits first, as Ray: map ignores what is not ready; map_unordered waits
-        # for each (Ray polls with timeout=0; blocking is the same without the spinning).
-        while self.has_next():
-            if ordered:
-                with contextlib.suppress(TimeoutError):
-                    self.get_next(timeout=0, ignore_if_timedout=True)
-            else:
-                self.get_next_unordered()
-        for v in values:
-            self.submit(fn, v)
+    def _start_map(
+        self, fn: Fn, values: Iterable[Any], ordered: bool, run: _MapRun | None = None
+    ) -> None:
+        run = run or _MapRun()
+        with self._lock:
+            if run.stop.is_set():  # cancelled before it started
+                return
+            # A map still submitting (in another thread, or an abandoned amap's) stops:
+            # its later values would mix with this map's.
+            if self._run is not None:
+                self._stop_run(self._run)
+            self._run = run
+            # Earlier submits first, as Ray: map ignores what is not ready; map_unordered
+            # waits for each (Ray polls with timeout=0; blocking is the same without the
+            # spinning).
+            while self.has_next() and not run.stop.is_set():
+                if ordered:
+                    with contextlib.suppress(TimeoutError):
+                        self.get_next(timeout=0, ignore_if_timedout=True)
+                else:
+                    self.get_next_unordered()
+        self._map_local.run = run
+        try:
+            for v in values:
+                self.submit(fn, v)
+        except _Stopped:
+            pass
+        finally:
+            self._map_local.run = None
+            with self._lock:
+                if self._run is run:
+                    self._run = None
+                self._reap()
+
+    def _stop_run(self, run: _MapRun) -> None:
+        """End ``run``'s submits (its thread may be blocked by backpressure: wake it)."""
+        run.stop.set()
+        self._changed()
+
+    def _cancel_run(self, run: _MapRun) -> None:
+        """An amap was cancelled: stop its submits and drop its outstanding calls.
+
+        Runs on the event loop: the calls are dropped now if the pool lock is free, else
+        by whoever takes the lock next (before it returns any result).
+        """
+        self._to_reap.append(run)
+        self._stop_run(run)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._reap()
+            finally:
+                self._lock.release()
+
+    def _reap(self) -> None:
+        """Drop the outstanding calls of cancelled maps (under the pool lock)."""
+        while self._to_reap:
+            run = self._to_reap.pop()
+            err = concurrent.futures.CancelledError("the map was cancelled: result dropped")
+            keep = []
+            for entry in self._pending_submits:
+                if entry.run is run and entry.task is None:
+                    _resolve(entry.future, None, err)
+                else:
+                    keep.append(entry)
+            self._pending_submits[:] = keep
+            for task in sorted(
+                (t for t in self._tasks.values() if t.run is run), key=lambda t: t.index
+            ):
+                self._drop(task, err)
+            self._advance()
+            self._promote()
+            self._changed()
+
+    def _drop(self, task: _Task, err: BaseException) -> None:
+        """Forget ``task`` (never returned); a call still running keeps its actor until it
+        ends (settled by ``_advance``), unless nothing reports its end (Ray's ignore)."""
+        task.dropped = True
+        if task.queued:
+            self._unqueue(task)
+        self._tasks.pop(task.index, None)
+        self._failed.pop(task.index, None)
+        self._index_to_future.pop(task.index, None)
+        if task.key is not None:
+            self._future_to_actor.pop(task.key, None)
+        self._skipped.add(task.index)
+        self._skip_returned()
+        _resolve(task.future, None, err)
+        if not task.released and not task.watched:
+            self._unbusy(task)
+            self._return_actor(task.actor)
+
+    def _skip_returned(self) -> None:
+        """Step ``get_next``'s index over dropped calls."""
+        while self._next_return_index in self._skipped:
+            self._skipped.discard(self._next_return_index)
+            self._next_return_index += 1
 
     def _results(self, ordered: bool) -> Iterator[Any]:
         while self.has_next():
@@ -528,7 +689,7 @@ class ActorPool:
         return [t for t in self._busy.values() if t.watched]
 
     def _new_task(self, entry: _Submit) -> _Task:
-        task = _Task(self._next_task_index, entry[0], entry[1], entry.future)
+        task = _Task(self._next_task_index, entry[0], entry[1], entry.future, entry.run)
         self._tasks[task.index] = task
         self._next_task_index += 1
         return task
@@ -567,12 +728,39 @@ class ActorPool:
         while self._pending_submits and self._idle_actors:
             self._dispatch(self._pending_submits.pop(0), raise_errors=False)
 
-    def _return_actor(self, actor: Any, is_alive: bool = True) -> None:
+    def _return_actor(
+        self, actor: Any, is_alive: bool = True, exc: BaseException | None = None
+    ) -> None:
         # A dead actor stays out of the idle set (as in Ray), else submits keep picking it.
         if is_alive:
             self._idle_actors.append(actor)
+            self._dead_error = None
+        elif not self._idle_actors and not self._busy and exc is not None:
+            self._pool_dead(exc)
         self._promote()
         self._changed()
+
+    def _pool_dead(self, exc: BaseException) -> None:
+        """The last actor was lost (``exc``): fail every queued submit, which no actor
+        is left to run, and later submits until an actor is pushed."""
+        self._dead_error = exc
+        entries, self._pending_submits = self._pending_submits, []
+        self._requeued = 0
+        for entry in entries:
+            self._fail_entry(entry, exc)
+
+    def _fail_entry(self, entry: _Submit, exc: BaseException) -> None:
+        """Fail a submit that will not run: its future now, ``get_next*`` in its turn."""
+        task = entry.task
+        if task is None:
+            task = self._new_task(entry)
+        else:
+            task.queued = False
+            exc = task.last_exc or exc
+        task.final = True
+        task.error = exc
+        self._failed[task.index] = task
+        _resolve(entry.future, None, exc)
 
     def _changed(self) -> None:
         """Wake a ``submit`` blocked by backpressure: the pool changed under it."""
@@ -596,6 +784,9 @@ class ActorPool:
             self._next_return_index += 1
         else:
             self._next_return_index = max(self._next_return_index, i + 1)
+        if self._skipped:
+            self._skip_returned()
+            self._skipped = {j for j in self._skipped if j > self._next_return_index}
 
     def _take(self, task: _Task, ordered: bool) -> Any:
         """Return ``task``'s result (``ray.get``, as Ray), or raise its error."""
@@ -605,19 +796,8 @@ class ActorPool:
         try:
             value = ray.get(task.ref)
         except Exception as exc:
-            if not task.released:
-                self._unbusy(task)
-                if self._should_retry(task, exc):
-                    if self._retry(task, exc):
-                        raise _Retry from None
-                    task.final = True
-                    self._commit(task, ordered)
-                    _resolve(task.future, None, exc)
-                    raise
-                self._commit(task, ordered)
-                _resolve(task.future, None, exc)
-                self._return_actor(task.actor, is_alive=not self._evicts(exc))
-                raise
+            if not task.released and self._call_failed(task, exc):
+                raise _Retry from None
             self._commit(task, ordered)
             _resolve(task.future, None, exc)
             raise
@@ -650,6 +830,36 @@ class ActorPool:
         if self._max_retries == 0:
             return isinstance(exc, ActorDiedError)  # Ray 2.60's rule
         return isinstance(exc, _ACTOR_GONE) and not isinstance(exc, RayTaskError)
+
+    def _call_failed(self, task: _Task, exc: BaseException) -> bool:
+        """``task``'s call (holding its actor) failed with ``exc``: release the actor and
+        resubmit the value if it may be retried. True if it was resubmitted."""
+        self._unbusy(task)
+        if task.dropped:
+            self._return_actor(task.actor, not self._evicts(exc), exc)
+            return False
+        if _died(exc):
+            task.deaths += 1
+        if self._should_retry(task, exc):
+            if task.deaths >= _POISON_DEATHS:
+                # A poison value: each call on it killed its actor. Retrying would take
+                # down one more actor per retry; the actor error is its result.
+                log.warning(
+                    "shardyard.ActorPool: the value at index %d killed its actor %d times "
+                    "(last: %s: %s); not retrying it again (a poison value)",
+                    task.index,
+                    task.deaths,
+                    type(exc).__name__,
+                    str(exc).split("\n", 1)[0],
+                )
+            elif self._retry(task, exc):
+                self._return_actor(task.actor, False, exc)  # it is gone: never returned
+                return True
+            task.final = True
+            self._return_actor(task.actor, False, exc)
+            return False
+        self._return_actor(task.actor, not self._evicts(exc), exc)
+        return False
 
     def _should_retry(self, task: _Task, exc: BaseException) -> bool:
         return (
@@ -760,13 +970,19 @@ class ActorPool:
             self._done_cond.notify_all()
 
     def _wait_any_completed(
-        self, tasks: list[_Task], deadline: float | None, epoch: int | None = None
+        self,
+        tasks: list[_Task],
+        deadline: float | None,
+        epoch: int | None = None,
+        run: _MapRun | None = None,
     ) -> bool:
-        """Wait until one of ``tasks`` completed (or, given ``epoch``, the pool changed)."""
+        """Wait until one of ``tasks`` completed (or, given ``epoch``, the pool changed, or
+        ``run`` was stopped)."""
 
         def ready() -> bool:
             changed = epoch is not None and self._epoch != epoch
-            return changed or any(t.completed for t in tasks)
+            stopped = run is not None and run.stop.is_set()
+            return changed or stopped or any(t.completed for t in tasks)
 
         with self._done_cond:
             return self._done_cond.wait_for(ready, _left(deadline))
@@ -778,19 +994,14 @@ class ActorPool:
                 self._settle(task)
 
     def _settle(self, task: _Task) -> None:
-        self._unbusy(task)
         exc = task.exc
         if exc is None:
+            self._unbusy(task)
             out, task.out = task.out, None  # get_next* fetches its own copy
             _resolve(task.future, out, None)
             self._return_actor(task.actor)
-        elif self._should_retry(task, exc):
-            if not self._retry(task, exc):
-                task.final = True
-                _resolve(task.future, None, exc)
-        else:
+        elif not self._call_failed(task, exc):
             _resolve(task.future, None, exc)
-            self._return_actor(task.actor, is_alive=not self._evicts(exc))
 
     # --- waiting on futures: the pump ----------------------------------------------------------
 
@@ -857,6 +1068,13 @@ def _deadline(timeout: float | None) -> float | None:
 
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _died(exc: BaseException) -> bool:
+    """Whether a call failed because its actor died (not merely unreachable)."""
+    return isinstance(exc, RayActorError) and not isinstance(
+        exc, (ActorUnavailableError, RayTaskError)
+    )
 
 
 def _refs(ref: Any) -> list[Any]:

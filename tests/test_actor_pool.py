@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -730,6 +731,76 @@ def test_retry_with_no_actor_left_raises(ray_local: Any, kill_later: list[Any]) 
         fut.result(timeout=0)
 
 
+@ray.remote(max_restarts=0)
+class Crasher:
+    """Doubles, slowly; its process exits (the actor dies) on a negative value."""
+
+    def work(self, x: int) -> int:
+        if x < 0:
+            os._exit(1)
+        time.sleep(0.01)
+        return 2 * x
+
+
+def work(a: Any, v: int) -> Any:
+    return a.work.remote(v)
+
+
+def test_poison_value_is_not_retried_again(ray_local: Any, kill_later: list[Any]) -> None:
+    """A value whose call killed its actor twice fails with the actor error: it takes
+    down two actors, not max_retries + 1, and the other values go on."""
+    actors = [Crasher.remote() for _ in range(3)]
+    kill_later += actors
+    pool = ActorPool(actors, max_retries=2)
+    values = [*range(4), -1, *range(4, 12)]
+    futs = [pool.submit(work, v) for v in values]
+    out: list[Any] = []
+    for _ in values:
+        try:
+            out.append(pool.get_next(timeout=GUARD))
+        except ray.exceptions.RayActorError:
+            out.append("died")
+    assert out == [2 * v if v >= 0 else "died" for v in values]
+    assert not pool.has_next()
+    assert not pool._pending_submits
+    assert len(pool._idle_actors) == 1
+    with pytest.raises(ray.exceptions.RayActorError):
+        futs[4].result(timeout=0)
+    assert [f.result(timeout=0) for f in futs if f is not futs[4]] == [
+        2 * v for v in values if v >= 0
+    ]
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+def test_queued_submits_fail_once_no_actor_is_left(
+    ray_local: Any, kill_later: list[Any], max_retries: int
+) -> None:
+    actors = [Crasher.remote() for _ in range(2)]
+    kill_later += actors
+    pool = ActorPool(actors, max_retries=max_retries)
+    futs = [pool.submit(work, v) for v in [-1, -2, 3, 4, 5, 6]]  # both actors die
+    assert len(pool._pending_submits) == 4
+    for f in futs:  # none stays pending
+        with pytest.raises(ray.exceptions.RayActorError):
+            f.result(timeout=GUARD)
+    assert not pool._pending_submits
+    for _ in futs:  # get_next raises the actor error for each, in turn
+        with pytest.raises(ray.exceptions.RayActorError):
+            pool.get_next(timeout=GUARD)
+    with pytest.raises(StopIteration):
+        pool.get_next()
+    # Later submits fail too (nothing would run them), until an actor is pushed.
+    with pytest.raises(ray.exceptions.RayActorError):
+        pool.submit(work, 7).result(timeout=GUARD)
+    with pytest.raises(ray.exceptions.RayActorError):
+        pool.get_next()
+    fresh = Crasher.remote()
+    kill_later.append(fresh)
+    pool.push(fresh)
+    assert pool.submit(work, 8).result(timeout=GUARD) == 16
+    assert pool.get_next() == 16
+
+
 # --- backpressure -------------------------------------------------------------------------------
 
 
@@ -830,6 +901,48 @@ def test_async_twins_do_not_block_the_loop(ray_local: Any, kill_later: list[Any]
         return [first, second]
 
     assert asyncio.run(main()) == [2, 4]
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.timeout(GUARD)
+def test_cancelled_amap_stops_submitting_and_drops_its_results(
+    ray_local: Any, kill_later: list[Any], ordered: bool
+) -> None:
+    """Cancelling an amap whose submitting thread is blocked by backpressure stops that
+    thread; its values never come out of a later map or get_next."""
+    actors = [Crasher.remote() for _ in range(2)]
+    kill_later += actors
+    pool = ActorPool(actors, max_pending_submits=2)
+    amap = pool.amap if ordered else pool.amap_unordered
+
+    async def main() -> list[int]:
+        got: list[int] = []
+
+        async def consume() -> None:
+            async for v in amap(work, range(400)):
+                got.append(v)
+
+        task = asyncio.create_task(consume())
+        while len(got) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return got
+
+    got = asyncio.run(main())
+    assert len(got) < 400
+    submitted = pool._next_task_index
+    time.sleep(0.5)
+    assert pool._next_task_index == submitted  # the submitting thread stopped
+    assert not pool.has_next()
+    assert not pool._pending_submits
+    assert not pool._tasks
+    assert list(pool.map(work, range(1000, 1005))) == [2 * v for v in range(1000, 1005)]
+    pool.submit(work, 7)
+    assert pool.get_next(timeout=GUARD) == 14
+    with pytest.raises(StopIteration):
+        pool.get_next()
 
 
 def test_await_futures_of_queued_submits(ray_local: Any, kill_later: list[Any]) -> None:
