@@ -18,15 +18,18 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import itertools
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from functools import partial
+from types import BuiltinFunctionType
 from typing import Any, ParamSpec, TypeVar
 
 from shardyard.config import PoolConfig
@@ -40,19 +43,68 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 # The window of calls handed to the pool (the rest wait in the executor, cancellable) adapts
-# to how long a handed call takes to finish, as TCP's congestion window does. By Little's law
-# the calls in flight when a call was handed, over its latency, is the rate the pool went
-# at; times WINDOW_TARGET_S, the window that keeps a handed call waiting about that long.
-# While calls finish within the target and calls are waiting, the window grows towards that
-# (at least by one call, at most doubling, per call finished); when they take longer, it
-# shrinks to it; after a pause it restarts smaller (RFC 2861). Calls of a second or more thus
-# keep one call per worker in the pool, as ProcessPoolExecutor does, while tiny calls fill a
-# window of hundreds, which the pool batches into few Ray calls.
+# to how long a handed call takes to finish, as TCP's congestion window does, and is learnt
+# per kind of call (its function's code): a call of a kind not seen finishing fast goes only
+# while fewer calls than workers are in the pool, as ProcessPoolExecutor moves about one
+# call per worker to its processes. By Little's law the calls in flight when a call was
+# handed, over its latency, is the rate the pool went at; times WINDOW_TARGET_S, the window
+# that keeps a handed call waiting about that long. While a kind's calls finish within the
+# target and calls are waiting, its window grows towards that (at least by one call, at most
+# doubling, per call finished); when one takes longer, or the oldest call in the pool has
+# already been there longer, it shrinks to it; after a pause it restarts smaller (RFC 2861).
+# Calls of a second or more thus keep one call per worker in the pool, while tiny calls
+# fill a window of hundreds, which the pool batches into few Ray calls.
 WINDOW_TARGET_S = 0.02  # how long a handed call should wait in the pool, about
 WINDOW_MAX_PER_WORKER = 1024  # the window's bound, per worker
 WINDOW_HALF_LIFE_S = 0.25  # an idle executor's window halves every this many seconds
+WINDOW_KINDS = 64  # kinds of call whose windows are kept (the least recently learnt go)
 
-_Call = tuple["_Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# (future, fn, args, kwargs, kind)
+_Call = tuple["_Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], Any]
+
+
+class _Handed:
+    """A call in the pool: when it was handed over, with how many in flight, its kind."""
+
+    __slots__ = ("done", "kind", "t0", "with_")
+
+    def __init__(self, t0: float, with_: int, kind: Any) -> None:
+        self.t0 = t0
+        self.with_ = with_
+        self.kind = kind
+        self.done = False
+
+
+def _kind(fn: Any) -> Any:
+    """What calls of ``fn`` have in common, to learn their speed by: its code, mostly."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        return code
+    if isinstance(fn, partial):  # map's chunks: partial(_process_chunk, fn)
+        return (_kind(fn.func), *(_kind(a) for a in fn.args if callable(a)))
+    if isinstance(fn, BuiltinFunctionType):
+        return fn
+    return type(fn)
+
+
+# Executors with calls that may still be outstanding: at interpreter exit their calls are
+# waited for (before Ray's own atexit handler stops the actors), as concurrent.futures
+# waits for its workers, also after shutdown(wait=False).
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exiting = False
+
+
+def _python_exit() -> None:
+    global _exiting
+    _exiting = True
+    for ex in list(_live):
+        ex._drain()
+
+
+try:
+    threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+except AttributeError:  # (not CPython)
+    atexit.register(_python_exit)
 
 
 def _run_call(call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
@@ -194,11 +246,15 @@ class Executor(concurrent.futures.Executor):
         self._start_lock = threading.Lock()
         self._queue: deque[_Call] = deque()  # submitted, not yet handed to the pool
         self._inflight = 0  # handed to the pool, not finished
-        # The window's bounds: set at start, once the number of workers is known.
-        self._floor = 1
+        # The windows' bounds: set at start, once the number of workers is known.
+        self._floor = 1  # the window of a kind of call not seen finishing fast
         self._cap = 1
-        self._window = 1.0  # calls the pool may hold (a float: it grows by fractions too)
+        # Calls the pool may hold while a call of a kind is next (a float: it grows by
+        # fractions too); kinds not here get the floor.
+        self._windows: dict[Any, float] = {}
+        self._handed: deque[_Handed] = deque()  # calls in the pool, oldest first (and some done)
         self._idle_since: float | None = None  # when the last call ended, while idle
+        self._delivery = threading.local()  # .active: this thread is resolving our futures
         self._shutdown = False
         self._release_when_idle = False  # shutdown(wait=False) left calls to finish
         self._started = False  # the pool's actors are up
@@ -218,18 +274,20 @@ class Executor(concurrent.futures.Executor):
         The first call starts the pool (its actors), which takes a moment.
 
         Raises:
-            RuntimeError: the executor was shut down.
+            RuntimeError: the executor was shut down, or the interpreter is exiting.
             shardyard.StartTimeoutError: the pool's actors could not be started.
         """
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if not self._started:
             self._start()
         fut: _Future[T] = _Future(condition=self._condition)
         # No lock per call: deque.append is atomic, and whoever holds the lock looks at the
         # queue again after releasing it (see _pump).
-        self._queue.append((fut, fn, args, kwargs))
-        if self._inflight < self._window:
+        self._queue.append((fut, fn, args, kwargs, _kind(fn)))
+        if self._has_room():
             self._pump()
         return fut
 
@@ -245,8 +303,16 @@ class Executor(concurrent.futures.Executor):
             with self._lock:
                 self._floor = max(1, min(workers, most))
                 self._cap = max(self._floor, min(workers * WINDOW_MAX_PER_WORKER, most))
-                self._window = float(self._floor)
                 self._started = True
+            _live.add(self)
+
+    def _has_room(self) -> bool:
+        """Whether the next queued call fits in its kind's window (from any thread)."""
+        try:
+            head = self._queue[0]
+        except IndexError:
+            return False
+        return self._inflight < self._windows.get(head[4], self._floor)
 
     def _pump(self) -> None:
         """Hand queued calls to the pool while the window has room; from any thread.
@@ -261,7 +327,7 @@ class Executor(concurrent.futures.Executor):
             finally:
                 self._lock.release()
             self._hand_all(take, release)
-            if not (self._queue and self._inflight < self._window):
+            if not self._has_room():
                 return
 
     def _take_locked(self, fill: bool = True) -> tuple[list[_Call], bool]:
@@ -271,17 +337,37 @@ class Executor(concurrent.futures.Executor):
         """
         out: list[_Call] = []
         queue = self._queue
-        if fill and self._idle_since is not None and queue:
-            # Restart after idle (RFC 2861): what the window learnt fades with the pause.
-            paused = time.monotonic() - self._idle_since
-            self._idle_since = None
-            decay = 0.5 ** (paused / WINDOW_HALF_LIFE_S)
-            self._window = max(float(self._floor), self._window * decay)
-        while fill and queue and self._inflight < self._window:
-            call = queue.popleft()
-            if call[0].claim():
-                self._inflight += 1
-                out.append(call)
+        if fill and queue:
+            now = time.monotonic()
+            windows = self._windows
+            floor = float(self._floor)
+            if self._idle_since is not None:
+                # Restart after idle (RFC 2861): what the windows learnt fades with the pause.
+                decay = 0.5 ** ((now - self._idle_since) / WINDOW_HALF_LIFE_S)
+                self._idle_since = None
+                for kind, learnt in windows.items():
+                    windows[kind] = max(floor, learnt * decay)
+            # The oldest call in the pool, there longer than the target already: its kind's
+            # window shrinks now, not only once it has ended.
+            handed = self._handed
+            while handed and handed[0].done:
+                handed.popleft()
+            if handed:
+                oldest = handed[0]
+                age = now - oldest.t0
+                known = windows.get(oldest.kind)
+                if age > WINDOW_TARGET_S and known is not None:
+                    windows[oldest.kind] = max(
+                        floor, min(known, oldest.with_ * WINDOW_TARGET_S / age)
+                    )
+            while queue:
+                call = queue[0]
+                if call[0]._state == PENDING and self._inflight >= windows.get(call[4], floor):
+                    break
+                queue.popleft()
+                if call[0].claim():
+                    self._inflight += 1
+                    out.append(call)
         release = False
         if not queue and not self._inflight:
             if self._idle_since is None:
@@ -290,11 +376,20 @@ class Executor(concurrent.futures.Executor):
             release, self._release_when_idle = self._release_when_idle, False
         return out, release
 
+    def _learn(self, kind: Any, window: float) -> None:
+        """Set ``kind``'s window (under the lock); the windows of few kinds are kept."""
+        windows = self._windows
+        if kind not in windows and len(windows) >= WINDOW_KINDS:
+            del windows[next(iter(windows))]
+        windows[kind] = window
+
     def _hand_all(self, calls: list[_Call], release: bool) -> None:
         """Hand ``calls`` (counted in ``_inflight``, their futures running) to the pool."""
         pool = self._pool
-        for fut, fn, args, kwargs in calls:
-            t0 = time.monotonic()
+        handed = self._handed
+        for fut, fn, args, kwargs, kind in calls:
+            rec = _Handed(time.monotonic(), self._inflight, kind)
+            handed.append(rec)
             try:
                 if pool.closed:  # (closed under us: submit would wait for the closing thread)
                     raise PoolClosedError("the executor's ShardPool is closed")
@@ -302,57 +397,78 @@ class Executor(concurrent.futures.Executor):
             except BaseException as exc:  # the pool is closed (or broken): fail this call
                 # Without refilling here (the callers look at the queue again): one failure
                 # handing over the next would recurse once per queued call.
+                rec.done = True
                 with self._lock:
                     self._inflight -= 1
                     _, now = self._take_locked(fill=False)
                 release = release or now
-                fut.set_exception(exc)
+                # (this thread holds the calls after this one: a done-callback must not wait
+                # for them in shutdown)
+                self._resolve(fut, None, exc)
                 continue
-            pf.add_done_callback(partial(self._finished, fut, t0, self._inflight))
+            pf.add_done_callback(partial(self._finished, fut, rec))
         if release:  # never close the pool from its own threads (this may be one)
             threading.Thread(target=self._pool.close, name="shardyard-executor-close").start()
 
     def _finished(
-        self,
-        fut: _Future[Any],
-        t0: float,
-        handed_with: int,
-        pf: concurrent.futures.Future[Any],
+        self, fut: _Future[Any], rec: _Handed, pf: concurrent.futures.Future[Any]
     ) -> None:
         """A handed call ended: adapt and refill the window, then resolve the caller's future.
 
-        Runs where the pool resolves its future (Ray's callback thread, mostly): no thread
-        hop per call. New calls are handed before ``fut`` is resolved, so the pool is fed
-        before the caller's own done-callbacks run.
+        Runs where the pool resolves its future (its core thread, mostly): no thread hop per
+        call. New calls are handed before ``fut`` is resolved, so the pool is fed before the
+        caller's own done-callbacks run.
 
         Args:
             fut: the caller's future.
-            t0: when the call was handed over.
-            handed_with: calls in flight then: with the call's latency, the rate the pool
-                went at (Little's law), hence the window that would have kept it waiting
-                ``WINDOW_TARGET_S``.
+            rec: when the call was handed over, with how many calls in flight then (with
+                the call's latency, the rate the pool went at, by Little's law, hence the
+                window that would have kept it waiting ``WINDOW_TARGET_S``), its kind.
             pf: the pool's future.
         """
-        latency = time.monotonic() - t0
+        latency = time.monotonic() - rec.t0
+        rec.done = True
         with self._lock:
             self._inflight -= 1
-            fits = handed_with * WINDOW_TARGET_S / max(latency, 1e-6)
+            window = self._windows.get(rec.kind)
+            fits = rec.with_ * WINDOW_TARGET_S / max(latency, 1e-6)
             if latency <= WINDOW_TARGET_S:
                 if self._queue:  # grow only where it binds
-                    grown = max(self._window + 1.0, min(fits, 2.0 * self._window))
-                    self._window = min(float(self._cap), grown)
-            else:
-                self._window = max(float(self._floor), min(self._window, fits))
+                    now = float(self._floor) if window is None else window
+                    grown = max(now + 1.0, min(fits, 2.0 * now))
+                    self._learn(rec.kind, min(float(self._cap), grown))
+            elif window is not None:
+                self._windows[rec.kind] = max(float(self._floor), min(window, fits))
             take, release = self._take_locked()
         self._hand_all(take, release)
-        if self._queue and self._inflight < self._window:
+        if self._has_room():
             self._pump()  # a submit may have found the lock taken
+        self._resolve(fut, pf, None)
+
+    def _resolve(
+        self,
+        fut: _Future[Any],
+        pf: concurrent.futures.Future[Any] | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Resolve ``fut`` from ``pf`` (or with ``exc``), this thread marked as delivering:
+        a done-callback calling ``shutdown(wait=True)`` here would wait for itself.
+        """
+        delivery = self._delivery
+        outer = getattr(delivery, "active", False)
+        delivery.active = True
         try:
-            value = pf.result()
-        except BaseException as exc:
-            fut.set_exception(_original(exc))
-        else:
-            fut.set_result(value)
+            if pf is None:
+                fut.set_exception(exc)
+                return
+            try:
+                value = pf.result()
+            except BaseException as error:
+                fut.set_exception(_original(error))
+            else:
+                fut.set_result(value)
+        finally:
+            delivery.active = outer
 
     # --- map ----------------------------------------------------------------------------------
 
@@ -401,6 +517,11 @@ class Executor(concurrent.futures.Executor):
             cancel_futures: cancel the calls not yet handed to the pool (their futures
                 end cancelled and they never run).
         """
+        if wait and getattr(self._delivery, "active", False):
+            # A done-callback on the thread that delivers this executor's results: waiting
+            # here would wait for itself. As the stdlib's executors do, shut down, then fail.
+            self.shutdown(wait=False, cancel_futures=cancel_futures)
+            raise RuntimeError("cannot join current thread")
         with self._lock:
             self._shutdown = True
             dropped = list(self._queue) if cancel_futures else []
@@ -408,16 +529,23 @@ class Executor(concurrent.futures.Executor):
                 self._queue.clear()
         for call in dropped:
             call[0].cancel()  # never handed over: pending, or cancelled already
+        if self._drain(wait):
+            self._pool.close()
+
+    def _drain(self, wait: bool = True) -> bool:
+        """Hand over the queued calls and wait until every call has ended (``True``); or,
+        unless ``wait``, return ``False`` at once, leaving the last call to end to release
+        the pool.
+        """
         while True:
             with self._lock:
-                take, _ = self._take_locked()  # (a pending release is done below, now)
+                take, _ = self._take_locked()  # (a pending release is done by the caller)
                 if not take:
                     if not self._queue and not self._inflight:
-                        break
+                        return True
                     if not wait:
                         self._release_when_idle = True  # the last call to end releases
-                        return
+                        return False
                     self._idle.wait()
                     continue
             self._hand_all(take, False)  # calls a submit left to this lock's holder
-        self._pool.close()

@@ -12,6 +12,10 @@ import asyncio
 import concurrent.futures
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -380,6 +384,146 @@ def test_calls_fail_with_the_pools_error_when_it_is_closed_under_them(
     assert not pending
     assert all(isinstance(f.exception(), PoolClosedError) for f in queued)
     assert ran(log) == []
+
+
+def test_shutdown_wait_from_a_done_callback_raises_and_wait_false_works(
+    executor: Callable[..., Executor], gates: Gates
+) -> None:
+    # The callback runs on the thread that delivers every result of the executor: waiting
+    # there for the other calls would wait for itself (the stdlib raises, as here).
+    outcome: dict[str, BaseException | None] = {}
+    called = {name: threading.Event() for name in ("wait", "nowait")}
+
+    def stop(ex: Executor, wait: bool, name: str) -> Callable[[Any], None]:
+        def callback(_: Any) -> None:
+            try:
+                ex.shutdown(wait=wait)
+                outcome[name] = None
+            except BaseException as exc:
+                outcome[name] = exc
+            called[name].set()
+
+        return callback
+
+    for name, wait in (("wait", True), ("nowait", False)):
+        ex = executor(max_workers=1)
+        first_gate, other_gate = gates.new(), gates.new()
+        first = ex.submit(gated, first_gate, "first")
+        first.add_done_callback(stop(ex, wait, name))
+        other = ex.submit(gated, other_gate, "other")
+        gates.open(first_gate)
+        assert called[name].wait(GUARD_S), "the done-callback never returned"
+        if wait:
+            assert isinstance(outcome[name], RuntimeError)
+            assert "cannot join current thread" in str(outcome[name])
+        else:
+            assert outcome[name] is None
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            ex.submit(square, 1)  # shut down either way
+        gates.open(other_gate)
+        assert other.result(timeout=GUARD_S) == "other"  # the calls left still run
+
+
+_EXIT_SCRIPT = """
+import os, sys, time
+import shardyard
+from shardyard.executor import Executor
+
+def mark(out, i):
+    time.sleep(0.2)
+    with open(os.path.join(out, str(i)), "w") as f:
+        f.write("x")
+    return i
+
+if __name__ == "__main__":
+    shardyard.connect()
+    ex = Executor(max_workers=2)
+    futures = [ex.submit(mark, sys.argv[1], i) for i in range(10)]
+    ex.shutdown(wait=False)
+    print("shutdown returned", sum(f.done() for f in futures), flush=True)
+"""
+
+
+def test_calls_left_by_shutdown_without_wait_run_before_the_interpreter_exits(
+    tmp_path: Path,
+) -> None:
+    # As concurrent.futures does: the queued calls are waited for at exit (before Ray's
+    # atexit handler stops the actors).
+    script = tmp_path / "exit_script.py"
+    script.write_text(textwrap.dedent(_EXIT_SCRIPT))
+    out = tmp_path / "marks"
+    out.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=4 * GUARD_S,  # hang guard (starts a Ray of its own)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shutdown returned" in proc.stdout
+    assert sorted(int(p.name) for p in out.iterdir()) == list(range(10))
+
+
+def test_calls_of_a_new_kind_are_not_all_handed_over_after_tiny_calls_grew_the_window(
+    executor: Callable[..., Executor], gates: Gates
+) -> None:
+    ex = executor(max_workers=2)
+    assert list(ex.map(square, range(3000), timeout=GUARD_S))[-1] == 2999**2  # grows it
+    gate = gates.new()
+    held = [ex.submit(gated, gate, i) for i in range(40)]
+    # A kind not yet seen finishing fast goes about one call per worker at a time, as in
+    # ProcessPoolExecutor: the others stay queued (not running, cancellable).
+    assert sum(f.running() for f in held) <= 2
+    cancelled = [f for f in held if f.cancel()]
+    assert len(cancelled) >= 38
+    ex.shutdown(wait=False, cancel_futures=True)
+    gates.open(gate)
+    left = [f for f in held if not f.cancelled()]
+    assert [f.result(timeout=GUARD_S) for f in left] == [held.index(f) for f in left]
+
+
+def test_a_known_fast_kinds_window_shrinks_while_its_oldest_call_is_held(
+    executor: Callable[..., Executor], gates: Gates, tmp_path: Path
+) -> None:
+    ex = executor(max_workers=2)
+    opened = str(tmp_path / "opened")
+    Path(opened).touch()
+    assert list(ex.map(gated, [opened] * 2000, range(2000), timeout=GUARD_S))[-1] == 1999
+    gate = gates.new()
+    first = ex.submit(gated, gate, -1)  # the same kind, now slow
+    deadline = time.monotonic() + GUARD_S
+    while not first.running():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)  # the oldest call in the pool is older than the window's target now
+    held = [ex.submit(gated, gate, i) for i in range(40)]
+    assert sum(f.running() for f in held) <= 2
+    assert sum(f.cancel() for f in held) >= 38
+    gates.open(gate)
+    assert first.result(timeout=GUARD_S) == -1
+
+
+def test_short_calls_are_not_batched_behind_a_long_one_while_a_worker_is_free(
+    executor: Callable[..., Executor], gates: Gates, tmp_path: Path
+) -> None:
+    ex = executor(max_workers=2)
+    assert list(ex.map(square, range(3000), timeout=GUARD_S))[-1] == 2999**2  # grows it
+    opened = str(tmp_path / "opened")
+    Path(opened).touch()
+    gate = gates.new()
+    long = ex.submit(gated, gate, "long")
+    short = [ex.submit(gated, opened, i) for i in range(20)]
+    # All of them end on the other worker while the long call is held.
+    _, pending = concurrent.futures.wait(short, timeout=GUARD_S)
+    assert not pending and [f.result() for f in short] == list(range(20))
+    assert not long.done()
+    gates.open(gate)
+    assert long.result(timeout=GUARD_S) == "long"
 
 
 # --- map ---------------------------------------------------------------------------------
