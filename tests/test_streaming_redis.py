@@ -131,18 +131,19 @@ def test_a_dropped_connection_loses_nothing(
             while job.is_alive() and time.monotonic() < deadline and killed < 20:
                 # Often, so some kills land while a command is in flight.
                 killed += _kill_clients(f"shardyard:{stream}")
-                time.sleep(random.uniform(0.1, 0.5))
+                time.sleep(random.uniform(0.05, 0.3))
             job.join(timeout=200)
         assert not job.is_alive() and result, "the job failed"
     finally:
         source.close()
         sink.close()
-    # Killed while idle, redis-py connects again by itself; killed with a command in flight,
-    # the source does (and reads its pending entries again).
-    assert killed >= 10 and source.reconnects >= 1
     assert result[0].records == 30_000
     assert take_table(POSTGRES_URL, table) == expected_totals(events)  # none lost or doubled
     assert _left(stream) == (0, 0)
+    # The faults happened: killed while idle, redis-py connects again by itself; killed with
+    # a command in flight, the source does (and reads its pending entries again). How many
+    # kills land before the job ends depends on the machine's speed: at least a few.
+    assert killed >= 5 and source.reconnects >= 1
     print(f"{killed} connections killed, {source.reconnects} in flight")
 
 
