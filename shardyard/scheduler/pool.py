@@ -981,12 +981,8 @@ class ShardPool:
                 if bar is not None:
                     bar.update(sink.finished - bar.n)
         except Interrupted as stop:
-            if bar is not None:
-                bar.close()
             raise KeyboardInterrupt(str(stop)) from None
         except _InputFailed as failed:
-            if bar is not None:
-                bar.close()
             done = failed.sink
             assert done is not None
             partial = (
@@ -995,9 +991,10 @@ class ShardPool:
                 else _assemble(done, numpy_in, return_exceptions=True)
             )
             raise failed.to_error(partial) from failed.cause
+        finally:
+            if bar is not None:
+                bar.close()  # also on a timeout or a failure
         assert sink is not None
-        if bar is not None:
-            bar.close()
         if numpy_in and sink.submitted == 0:
             return items[:0].copy()  # type: ignore[index]  # numpy in, numpy out, also when empty
         return _assemble(sink, numpy_in, return_exceptions)
