@@ -3,14 +3,24 @@
 Keys route to logical shards (a pluggable strategy), shards live on async Ray actors, and a
 driver-side scheduler micro-batches items to them and hands back futures and results.
 
+Large read-only data every shard reads goes into Ray's object store once, with
+``ShardPool(fn, shared={"table": table})``; the handler reads ``shardyard.shared["table"]``
+(numpy arrays zero-copy). On the driver, ``shardyard.shared`` raises ``RuntimeError``.
+
 Example:
     >>> import shardyard
     >>> shardyard.stable_hash([1, 2]).dtype
     dtype('uint64')
+    >>> try:
+    ...     shardyard.shared["table"]  # in a handler: the pool's value
+    ... except RuntimeError:
+    ...     print("not on the driver")
+    not on the driver
 """
 
 from shardyard.actor_pool import ActorPool
 from shardyard.actors import Shard
+from shardyard.actors.shared import shared
 from shardyard.cluster import ClusterInfo, connect, disconnect
 from shardyard.config import AutoscaleConfig, ClusterConfig, PoolConfig
 from shardyard.errors import (
@@ -79,6 +89,7 @@ __all__ = [
     "disconnect",
     "place",
     "rebalance",
+    "shared",
     "stable_hash",
     "strategy",
 ]

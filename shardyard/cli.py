@@ -12,6 +12,8 @@ parser); each parser sets ``func`` to the function that runs it and returns the 
 * ``shardyard run JOB.py [ARGS...]``: run a streaming job script in this process, on an
   embedded local Ray or ``--address``; SIGINT or SIGTERM ends its jobs at their next
   checkpoint (see :mod:`shardyard.streams.job`), a second one aborts.
+* ``shardyard bench [ARGS...]``: run the benchmark suites of a source checkout
+  (``benchmarks/run.py``, with ARGS) and write their JSON and charts.
 
 Example:
     >>> from shardyard.cli import build_parser
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -368,11 +371,54 @@ def _run_job_script(args: argparse.Namespace) -> int:
         shardyard.disconnect()
 
 
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suites (benchmarks/run.py) and draw their charts",
+        description=(
+            "Run benchmarks/run.py of the source checkout shardyard is installed from (or "
+            "of the current directory) with ARGS, e.g. `shardyard bench --quick --only "
+            "batch,cpu`; `shardyard bench -- --help` lists the suites. It writes "
+            "benchmarks/results/all.json and the PNG charts."
+        ),
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of benchmarks/run.py")
+    p.set_defaults(func=_run_bench)
+
+
+def bench_script() -> Path | None:
+    """``benchmarks/run.py`` of the checkout this package comes from, or of the current
+    directory; ``None`` when neither has one (an installed wheel carries no benchmarks)."""
+    import shardyard
+
+    for root in (Path(shardyard.__file__).resolve().parent.parent, Path.cwd()):
+        script = root / "benchmarks" / "run.py"
+        if script.is_file():
+            return script
+    return None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    script = bench_script()
+    if script is None:
+        print(
+            "shardyard bench: no benchmarks/run.py here: the benchmarks live in the source "
+            'checkout (git clone, then `pip install -e ".[bench]"` and run it there)',
+            file=sys.stderr,
+        )
+        return 2
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return subprocess.call([sys.executable, str(script), *rest])
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "demo": _add_demo,
     "cluster": _add_cluster,
     "submit": _add_submit,
     "run": _add_run,
+    "bench": _add_bench,
 }
 
 

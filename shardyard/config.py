@@ -184,10 +184,24 @@ class PoolConfig(_ConfigBase):
             balancer that pushes them on arrival (``"round_robin"``, ``"least_loaded"``,
             ``"power_of_two"`` on live load).
         max_batch_size: at most this many items of one shard go in one batch.
+        batch_format: what a batch handler (``batched=True``) or ``Shard.process`` receives:
+            ``"input"`` follows the input (a list, a generator or single ``submit`` items
+            give a list; a numpy array gives arrays), ``"list"`` always a list, ``"numpy"``
+            always an array (``np.asarray`` of the items). Per-item handlers always get
+            plain Python items.
         max_batch_wait_s: how long a partly filled batch may wait for more items while its
             actor has capacity (the semantics of Ray Serve's ``batch_wait_timeout_s``);
             0 sends at once, and batches then grow by themselves while actors are busy.
         max_inflight_per_actor: Ray calls in flight per actor (backpressure).
+        max_concurrency: handler calls one actor runs at once. A sync handler runs on the
+            actor's event loop until it is seen to block (sleep, I/O: its calls wait far
+            longer than they compute), then on a pool of this many threads: different
+            shards' batches in parallel, and the items of one batch of a stateless per-item
+            function too. An ``async def`` per-item function has up to this many items
+            awaiting at once. A ``Shard``'s items always run one at a time, in order, per
+            shard (a blocking one's, in one thread or another). 1: every call on the
+            actor's event loop, one at a time (for handlers whose objects must stay in the
+            thread that made them, as ``sqlite3`` connections).
         inflight_seconds_per_actor: about how many seconds of work may be in flight on one
             actor: each call carries at most ``inflight_seconds_per_actor /
             max_inflight_per_actor`` seconds of items, by the handler's measured recent cost
@@ -196,7 +210,9 @@ class PoolConfig(_ConfigBase):
             only ``max_batch_size`` bounds a call.
         max_pending_items: items a single producer may have submitted but not yet
             finished before it blocks (bounds the driver's memory on long inputs).
-        chunk_size: items a producer reads from its input and partitions at a time.
+        chunk_size: items a producer reads from its input and partitions at a time. Left at
+            its default, a pool of many shards reads more: 64 items per shard (up to
+            ``max_pending_items``), so every shard a chunk touches gets a batch worth a call.
         max_retries: how many deaths of one actor are recovered from (Ray restarts it;
             its shards are restored and the unfinished batches resent).
         checkpoint_every: batches between snapshots of a stateful shard, taken in-stream;
@@ -237,6 +253,11 @@ class PoolConfig(_ConfigBase):
         progress: show a progress bar (``tqdm.auto``: a widget in Jupyter) for ``map`` and
             ``map_unordered`` calls; ``None`` shows one in a Jupyter kernel for calls that
             last more than a second, and none in scripts. A call's ``progress=`` overrides it.
+        memo_size: outputs each shard keeps in an LRU memo of a pure per-item function,
+            keyed by the item: a repeated item is answered without calling the function
+            again (0: off). Items that cannot be hashed, and calls that raise, are never
+            kept. Not for a ``Shard`` subclass nor ``batched=True`` (``ConfigError``).
+            ``pool.stats()`` counts the hits and misses.
     """
 
     num_actors: int | None = Field(default=None, ge=1, le=4096)
@@ -245,8 +266,10 @@ class PoolConfig(_ConfigBase):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     keyless: Literal["pull", "round_robin", "least_loaded", "power_of_two"] = "pull"
     max_batch_size: int = Field(default=1024, ge=1, le=1 << 24)
+    batch_format: Literal["input", "list", "numpy"] = "input"
     max_batch_wait_s: float = Field(default=0.0, ge=0.0, le=60.0)
     max_inflight_per_actor: int = Field(default=2, ge=1, le=1024)
+    max_concurrency: int = Field(default=64, ge=1, le=1024)
     inflight_seconds_per_actor: float | None = Field(default=1.0, gt=0.0)
     max_pending_items: int = Field(default=1 << 18, ge=1)
     chunk_size: int = Field(default=16384, ge=1, le=1 << 24)
@@ -263,6 +286,7 @@ class PoolConfig(_ConfigBase):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     store: str | None = None
     progress: bool | None = None
+    memo_size: int = Field(default=0, ge=0, le=1 << 30)
 
     @field_validator("resources_per_actor")
     @classmethod

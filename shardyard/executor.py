@@ -207,7 +207,8 @@ class Executor(concurrent.futures.Executor):
         **pool_options: further ``PoolConfig`` fields (``max_retries=...``,
             ``num_cpus_per_actor=...``). ``max_inflight_per_actor`` defaults to 1 here: an
             idle actor is never passed over for a busy one (more tiny-call throughput
-            comes from the window, which the pool batches).
+            comes from the window, which the pool batches). ``max_concurrency`` defaults
+            to 1: a worker runs one call at a time, also calls that block.
 
     Raises:
         ValueError: ``max_workers`` is not positive.
@@ -237,6 +238,8 @@ class Executor(concurrent.futures.Executor):
                 raise TypeError(f"Executor() takes no {name}= (use max_workers)")
         if config is None or "max_inflight_per_actor" not in config.model_fields_set:
             pool_options.setdefault("max_inflight_per_actor", 1)
+        if config is None or "max_concurrency" not in config.model_fields_set:
+            pool_options.setdefault("max_concurrency", 1)  # one call at a time per worker
         self._pool = ShardPool(
             _run_call, num_actors=max_workers, config=config, address=address, **pool_options
         )

@@ -171,10 +171,13 @@ class Stale(NamedTuple):
 
 
 class CallReply(NamedTuple):
-    """The answer to one ``run`` call: the actor's incarnation and one reply per batch."""
+    """The answer to one ``run`` call: the actor's incarnation, one reply per batch, and the
+    seconds the call took in the actor (from its start to its reply: no queueing, no
+    transfer), by which the driver sizes the next calls."""
 
     incarnation: str
     replies: list[BatchReply | BarrierReply | Stale]
+    took_s: float = 0.0
 
 
 class HostRequest(NamedTuple):

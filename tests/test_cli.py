@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -118,3 +120,18 @@ def test_demo_against_an_address_that_does_not_answer_is_one_clear_line() -> Non
     assert done.returncode == 1
     assert done.stderr.startswith("shardyard demo: nothing answers at 127.0.0.1:1")
     assert "Traceback" not in done.stderr
+
+
+def test_bench_runs_the_checkouts_benchmark_script() -> None:
+    from shardyard.cli import bench_script
+
+    script = bench_script()
+    assert script is not None and script.name == "run.py"
+    out = subprocess.run(
+        [sys.executable, "-m", "shardyard", "bench", "--", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--only" in out.stdout and "--quick" in out.stdout

@@ -458,7 +458,12 @@ class NumpyShard(Shard):
 def test_a_poison_item_in_a_numpy_batch_fails_alone_and_waits_still_work() -> None:
     items = list(range(800))
     with ShardPool(
-        NumpyShard, num_actors=1, num_shards=1, chunk_size=5, max_batch_size=200
+        NumpyShard,
+        num_actors=1,
+        num_shards=1,
+        chunk_size=5,
+        max_batch_size=200,
+        batch_format="numpy",
     ) as pool:
         stop = threading.Event()
 
@@ -486,7 +491,7 @@ async def _async_double(batch: Any) -> Any:
 
 
 def test_an_async_batched_function_gets_arrays_from_submit() -> None:
-    with ShardPool(_async_double, batched=True, num_actors=1) as pool:
+    with ShardPool(_async_double, batched=True, num_actors=1, batch_format="numpy") as pool:
         assert pool.submit(21, key=1).result(timeout=60) == 42
 
 

@@ -314,7 +314,12 @@ def test_long_generator_runs_in_bounded_memory() -> None:
             yield i
 
     with ShardPool(
-        lambda a: a & 1, batched=True, num_actors=2, max_pending_items=50_000, chunk_size=10_000
+        lambda a: a & 1,  # an array operation: the batches are asked for as numpy arrays
+        batched=True,
+        batch_format="numpy",
+        num_actors=2,
+        max_pending_items=50_000,
+        chunk_size=10_000,
     ) as pool:
         odd = 0
         for y in pool.map_unordered(gen(), keys=None):
@@ -462,12 +467,28 @@ def test_a_call_that_fails_before_running_does_not_stall_its_shard() -> None:
         assert pool.submit("next", key="k").result(timeout=60) == "next"
 
 
-def test_batched_handler_gets_arrays_from_submit_too() -> None:
+@pytest.mark.parametrize("fmt", ["input", "list", "numpy"])
+def test_a_batch_is_the_type_its_input_came_in_unless_asked(fmt: str) -> None:
+    def kinds(batch: Any) -> Any:
+        return [type(batch).__name__] * len(batch)
+
+    def expect(given: str) -> str:
+        return {"input": given, "list": "list", "numpy": "ndarray"}[fmt]
+
+    with ShardPool(kinds, batched=True, num_actors=1, batch_format=fmt) as pool:
+        assert pool.submit(3).result(timeout=60) == expect("list")
+        assert pool.map([1, 2]) == [expect("list")] * 2
+        assert pool.map(iter([1, 2]), keys=[1, 2]) == [expect("list")] * 2
+        assert pool.map(["a", "b"]) == [expect("list")] * 2
+        assert list(pool.map(np.arange(3))) == [expect("ndarray")] * 3
+
+
+def test_batched_handler_gets_arrays_from_submit_when_asked() -> None:
     def double(a: Any) -> Any:
         assert isinstance(a, np.ndarray), type(a)
         return a * 2
 
-    with ShardPool(double, batched=True, num_actors=1) as pool:
+    with ShardPool(double, batched=True, num_actors=1, batch_format="numpy") as pool:
         assert pool.submit(3).result(timeout=60) == 6
         assert pool.map([1, 2]) == [2, 4]
 

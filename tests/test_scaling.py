@@ -262,7 +262,9 @@ def test_autoscale_grows_to_max_under_backlog_and_shrinks_to_min_when_idle() -> 
         downscale_delay_s=0.5,
         interval_s=0.05,
     )
-    with ShardPool(_slow_double, autoscale=auto, chunk_size=500) as pool:
+    # One call at a time per actor: the sleeps would overlap in threads, and the backlog
+    # that makes the pool grow would be gone before the upscale delay.
+    with ShardPool(_slow_double, autoscale=auto, chunk_size=500, max_concurrency=1) as pool:
         assert pool.num_actors == 1 and pool.num_shards == 24  # 8 per max actor
         sizes: list[int] = []
         requested: list[int] = []

@@ -24,38 +24,43 @@ from typing import Any
 import numpy as np
 from ray import cloudpickle
 
+from shardyard.actors.concurrency import Runner, run_items
 from shardyard.actors.shard import Shard
 from shardyard.protocol import USER_ERRORS, ItemFailure
 
-__all__ = ["ItemFailure", "as_batch", "ensure_picklable", "pickle_each", "run_batch"]
+__all__ = [
+    "BATCH_FORMATS",
+    "ItemFailure",
+    "ensure_picklable",
+    "format_batch",
+    "pickle_each",
+    "run_batch",
+]
+
+# What a batch handler (``batched=True``) or ``Shard.process`` receives:
+# "input": the type the items came in (a list for a list or a generator, an array for an
+# array); "list": always a list; "numpy": always an array (``np.asarray`` of a list).
+BATCH_FORMATS = ("input", "list", "numpy")
 
 
 Outputs = list[Any] | np.ndarray
 BatchResult = tuple[Outputs, list[ItemFailure]]
 
 
-def as_batch(items: list[Any]) -> Any:
-    """A numpy array for homogeneous numeric items (cheap to ship, zero-copy), else the list.
-
-    Ints stay ints: a chunk that starts with an int converts only if numpy keeps an integer
-    dtype (a float among them keeps the list as it is).
+def format_batch(batch: Any, batch_format: str) -> Any:
+    """``batch`` as a batch handler asked for it (``batch_format``, see ``BATCH_FORMATS``).
 
     Example:
-        >>> as_batch([1, 2, 3]).dtype.kind, as_batch([1, 2.5]), as_batch(["a"])
-        ('i', [1, 2.5], ['a'])
+        >>> format_batch([1, 2], "input"), format_batch(np.arange(2), "list")
+        ([1, 2], [0, 1])
+        >>> format_batch([1, 2], "numpy").dtype.kind
+        'i'
     """
-    if not items:
-        return items
-    first = type(items[0])
-    if first not in (int, float) or type(items[-1]) is not first:
-        return items
-    try:
-        arr = np.asarray(items)
-    except (ValueError, OverflowError, TypeError):
-        return items
-    if arr.ndim != 1 or arr.dtype.kind not in ("iu" if first is int else "f"):
-        return items
-    return arr
+    if batch_format == "list":
+        return batch.tolist() if isinstance(batch, np.ndarray) else batch
+    if batch_format == "numpy" and not isinstance(batch, np.ndarray):
+        return np.asarray(batch)
+    return batch
 
 
 def _as_items(batch: Any) -> list[Any]:
@@ -64,16 +69,11 @@ def _as_items(batch: Any) -> list[Any]:
 
 
 def _per_item(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
-    # Exactly one call per item: fn may have side effects (a Shard's process_item updates its
-    # state), so a failure is caught where it happens, never found by running items again.
-    out: list[Any] = []
+    # Exactly one call per item (see run_items), one after another.
+    items = _as_items(batch)
+    out: list[Any] = [None] * len(items)
     failures: list[ItemFailure] = []
-    for pos, x in enumerate(_as_items(batch)):
-        try:
-            out.append(fn(x))
-        except USER_ERRORS as exc:
-            out.append(None)
-            failures.append(ItemFailure.capture(pos, exc))
+    run_items(fn, items, 0, len(items), out, failures)
     return out, failures
 
 
@@ -93,8 +93,6 @@ def _check_length(out: Any, n: int, who: str) -> Outputs:
 
 def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
     n = len(batch)
-    if isinstance(batch, list):
-        batch = as_batch(batch)  # numeric items reach a batch handler as an array
     try:
         return _check_length(fn(batch), n, "batched handler"), []
     except USER_ERRORS:
@@ -174,7 +172,11 @@ async def _per_item_async(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
 
 
 async def run_batch(
-    handler: Callable[[Any], Any] | Shard, batched: bool, batch: Any
+    handler: Callable[[Any], Any] | Shard,
+    batched: bool,
+    batch: Any,
+    batch_format: str = "input",
+    runner: Runner | None = None,
 ) -> BatchResult:
     """Run ``handler`` on ``batch``; never raises for the user's errors.
 
@@ -182,12 +184,19 @@ async def run_batch(
         handler: a per-item function, a batch function, or a ``Shard`` instance.
         batched: whether a plain function takes the whole batch.
         batch: the shard's items (numpy array or list).
+        batch_format: what a batch handler or ``Shard.process`` receives: ``"input"`` (as
+            the items came: a list stays a list), ``"list"`` or ``"numpy"``.
+        runner: the actor's :class:`~shardyard.actors.concurrency.Runner`, which runs
+            blocking handlers in threads and the items of a stateless per-item function
+            concurrently; ``None`` runs everything here, one call after another.
 
     Returns:
         ``(outputs, failures)``: one output per item (``None`` where it failed) and the
         failures.
     """
     n = len(batch)
+    if runner is not None:
+        return await _run_batch_with(runner, handler, batched, batch, batch_format)
     try:
         if isinstance(handler, Shard):
             if type(handler).process is Shard.process:
@@ -195,22 +204,64 @@ async def run_batch(
                 if inspect.iscoroutinefunction(handler.process_item):
                     return await _per_item_async(handler.process_item, batch)
                 return _per_item(handler.process_item, batch)
-            if isinstance(batch, list):
-                batch = as_batch(batch)  # numeric items reach process() as an array
-            out = handler.process(batch)
+            out = handler.process(format_batch(batch, batch_format))
             if inspect.isawaitable(out):
                 out = await out
             return _check_length(out, n, f"{type(handler).__name__}.process"), []
         if inspect.iscoroutinefunction(handler):
             if batched:
-                if isinstance(batch, list):
-                    batch = as_batch(batch)
-                return _check_length(await handler(batch), n, "batched handler"), []
+                out = await handler(format_batch(batch, batch_format))
+                return _check_length(out, n, "batched handler"), []
             return await _per_item_async(handler, batch)
         if batched:
-            return _batched(handler, batch)
+            return _batched(handler, format_batch(batch, batch_format))
         return _per_item(handler, batch)
     except USER_ERRORS as exc:
-        # A whole-batch failure: every item of the batch carries the same cause.
-        failure = ItemFailure.capture(0, exc)
-        return [None] * n, [ItemFailure(p, failure.cause, failure.traceback) for p in range(n)]
+        return _whole_batch_failed(n, exc)
+
+
+async def _run_batch_with(
+    runner: Runner,
+    handler: Callable[[Any], Any] | Shard,
+    batched: bool,
+    batch: Any,
+    batch_format: str,
+) -> BatchResult:
+    """:func:`run_batch` through ``runner``: the same calls, each where the runner says.
+
+    A ``Shard``'s items never overlap (its state); a stateless per-item function's may.
+    """
+    n = len(batch)
+    try:
+        if isinstance(handler, Shard):
+            if type(handler).process is Shard.process:
+                item_fn = handler.process_item
+                if inspect.iscoroutinefunction(item_fn):
+                    return await runner.per_item_async(item_fn, _as_items(batch), False)
+                return await runner.per_item(item_fn, _as_items(batch), False)
+            name = f"{type(handler).__name__}.process"
+            if inspect.iscoroutinefunction(handler.process):
+                out = await runner.bounded(handler.process(format_batch(batch, batch_format)))
+            else:
+                process = handler.process
+                out = await runner.call(lambda: process(format_batch(batch, batch_format)))
+                if inspect.isawaitable(out):
+                    out = await runner.bounded(out)
+            return _check_length(out, n, name), []
+        if inspect.iscoroutinefunction(handler):
+            if batched:
+                out = await runner.bounded(handler(format_batch(batch, batch_format)))
+                return _check_length(out, n, "batched handler"), []
+            return await runner.per_item_async(handler, _as_items(batch))
+        if batched:
+            fn = handler
+            return await runner.call(lambda: _batched(fn, format_batch(batch, batch_format)))
+        return await runner.per_item(handler, _as_items(batch))
+    except USER_ERRORS as exc:
+        return _whole_batch_failed(n, exc)
+
+
+def _whole_batch_failed(n: int, exc: BaseException) -> BatchResult:
+    # A whole-batch failure: every item of the batch carries the same cause.
+    failure = ItemFailure.capture(0, exc)
+    return [None] * n, [ItemFailure(p, failure.cause, failure.traceback) for p in range(n)]

@@ -24,10 +24,23 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shardyard.actors.shared import shared as shared_values
+
 __all__ = ["Shard"]
+
+
+class _PoolShared:
+    """``Shard.shared``: the pool's shared values (see :mod:`shardyard.actors.shared`).
+
+    Read through the class, so never part of a snapshot. Only ``__get__``: a subclass
+    that sets an attribute of its own named ``shared`` keeps it (the instance's wins).
+    """
+
+    def __get__(self, instance: object, owner: type | None = None) -> Mapping[str, Any]:
+        return shared_values
 
 
 class Shard:
@@ -43,9 +56,12 @@ class Shard:
 
     Attributes:
         shard_id: the logical shard this instance serves (set before ``setup``).
+        shared: the pool's read-only shared values, ``ShardPool(..., shared={...})``
+            (the same mapping as ``shardyard.shared``; usable from ``setup`` on).
     """
 
     shard_id: int = -1
+    shared = _PoolShared()
 
     def setup(self, shard_id: int) -> None:
         """Called once when the shard is placed on an actor, before any item arrives.

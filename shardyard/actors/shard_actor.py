@@ -7,8 +7,15 @@
   random incarnation id per process, so a restarted actor is recognised (see
   :mod:`shardyard.protocol`);
 * runs the batches of each hosted generation strictly in sequence-number order, one at a
-  time, while different shards interleave on the actor's event loop;
-* keeps per-shard counters (items, batches, errors, busy time) for ``stats``;
+  time, while different shards interleave on the actor's event loop, or run in parallel
+  on its threads once a sync handler is seen to block (see
+  :mod:`shardyard.actors.concurrency`, ``max_concurrency``); what reads a shard's state
+  between batches (results, snapshots, a handoff, a new generation) waits for the batch
+  it has running, if any (``_between_batches``, the shard's lock);
+* keeps per-shard counters (items, batches, errors, busy time, memo hits) for ``stats``;
+* makes the pool's shared values this process's ``shardyard.shared`` (see
+  :mod:`shardyard.actors.shared`), and gives each shard of a plain per-item function its
+  own LRU memo when ``memo_size`` is set (see :mod:`shardyard.actors.memo`);
 * answers control calls (stats, health) from a separate concurrency
   group, whose own thread and event loop keep them responsive while a shard is busy.
 """
@@ -16,19 +23,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray import cloudpickle
 
+from shardyard.actors.combine import combine_all
+from shardyard.actors.concurrency import Runner, _resume
 from shardyard.actors.handler import ensure_picklable, pickle_each, run_batch
+from shardyard.actors.memo import memo_of, memoize
 from shardyard.actors.shard import Shard
+from shardyard.actors.shared import install as install_shared
 from shardyard.protocol import (
     BARRIER,
     REPLAY,
@@ -64,6 +76,7 @@ class _HostedShard:
     batches: int = 0
     errors: int = 0
     busy_s: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held by its running batch
 
 
 class ShardActor:
@@ -77,26 +90,69 @@ class ShardActor:
         handler: a ``Shard`` subclass (one instance per shard) or a plain function.
         batched: for a plain function, whether it takes whole batches.
         actor_index: this actor's index in its pool (for stats and errors).
+        batch_format: what a batch handler or ``Shard.process`` receives (see
+            :func:`~shardyard.actors.handler.run_batch`).
+        *shared_values: the pool's shared values, passed as top-level ``ObjectRef`` s,
+            which Ray resolves before this runs (numpy arrays arrive mapped read-only from
+            the object store); they become this process's ``shardyard.shared``.
+        shared_names: the name of each shared value, in order.
+        memo_size: outputs kept per shard by an LRU memo around a plain per-item function
+            (0: none; see :mod:`shardyard.actors.memo`).
+        max_concurrency: handler calls in progress at once in this actor: threads for a
+            blocking sync handler, suspended calls of an async one (see
+            :mod:`shardyard.actors.concurrency`).
     """
 
     def __init__(
-        self, handler: type[Shard] | Callable[[Any], Any], batched: bool, actor_index: int
+        self,
+        handler: type[Shard] | Callable[[Any], Any],
+        batched: bool,
+        actor_index: int,
+        batch_format: str = "input",
+        *shared_values: Any,
+        shared_names: tuple[str, ...] = (),
+        memo_size: int = 0,
+        max_concurrency: int = 64,
     ) -> None:
         self._handler = handler
         self._batched = batched
+        self._batch_format = batch_format
+        self._memo_size = memo_size
+        # Kept for the process's life: the arrays map the object store's memory.
+        install_shared(dict(zip(shared_names, shared_values, strict=True)))
         self._index = actor_index
         self._incarnation = uuid.uuid4().hex  # new for every process Ray starts
         self._shards: dict[int, _HostedShard] = {}  # shard id -> its instance and counters
         self._started = time.time()
+        self._reduced: dict[str, Any] = {}  # reduce id -> this actor's combined value
+        self._runner = Runner(max_concurrency)  # where handler calls run (loop, threads)
+        self._readers = asyncio.Lock()  # one _between_batches at a time (no lock-order cycle)
 
     # --- work -------------------------------------------------------------------------------
 
     async def run(self, batches: list[WireBatch]) -> CallReply:
         """Run one batch per listed shard, each in its generation's sequence order."""
+        t0 = time.perf_counter()
         if len(batches) == 1:
-            return CallReply(self._incarnation, [await self._run_one(batches[0])])
-        replies = await asyncio.gather(*(self._run_one(b) for b in batches))
-        return CallReply(self._incarnation, list(replies))
+            reply = await self._run_one(batches[0])
+            return CallReply(self._incarnation, [reply], time.perf_counter() - t0)
+        # Each batch starts in turn and goes as far as it can at once. Most finish without
+        # suspending (their turn has come and the handler computes on the loop) and cost
+        # no task; one that suspends (waiting for its turn, a thread, I/O) goes on as a
+        # task while the next ones start, as with one task per batch.
+        results: list[Any] = [None] * len(batches)
+        tasks = []
+        for i, wb in enumerate(batches):
+            coro = self._run_one(wb)
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                results[i] = stop.value
+                continue
+            tasks.append(asyncio.ensure_future(_finish(coro, yielded, results, i)))
+        if tasks:
+            await asyncio.gather(*tasks)
+        return CallReply(self._incarnation, results, time.perf_counter() - t0)
 
     async def _run_one(self, b: WireBatch) -> BatchReply | BarrierReply | Stale:
         hosted = self._shards.get(b.shard_id)
@@ -111,6 +167,15 @@ class ShardActor:
             hosted.waiters[b.seq] = waiter
             if await waiter:  # superseded: the shard was placed anew meanwhile
                 return Stale(b.shard_id, b.gen, b.seq, "superseded")
+        # Held while the batch runs (on the loop or in a thread): what reads the shard's
+        # state between batches waits for it (see _between_batches).
+        async with hosted.lock:
+            if self._shards.get(b.shard_id) is not hosted:  # placed anew meanwhile
+                return Stale(b.shard_id, b.gen, b.seq, "superseded")
+            return await self._run_turn(hosted, b)
+
+    async def _run_turn(self, hosted: _HostedShard, b: WireBatch) -> BatchReply | BarrierReply:
+        """Run ``b``, the batch whose turn it is, and hand the turn on to the next one."""
         reply: BatchReply | BarrierReply
         if b.kind == BARRIER:
             try:
@@ -121,7 +186,9 @@ class ShardActor:
             reply = BatchReply(b.shard_id, b.gen, b.seq, [], [])
         else:
             start = time.perf_counter()
-            outputs, failures = await run_batch(hosted.instance, self._batched, b.items)
+            outputs, failures = await run_batch(
+                hosted.instance, self._batched, b.items, self._batch_format, self._runner
+            )
             if b.kind == REPLAY:
                 # Re-applied after a restore: the outputs were delivered the first time.
                 outputs, failures = [], []
@@ -167,7 +234,8 @@ class ShardActor:
         the driver passes a migrated shard's state as an ``ObjectRef``, which Ray fetches
         into this process from the object store before the call runs.
 
-        A replaced generation is dropped first (its waiting batches answer ``Stale``). A
+        A replaced generation is dropped first, once its running batch is over (its waiting
+        batches answer ``Stale``). A
         large state is unpickled in a thread, so the actor's other shards keep running; the
         shard's own batches come only after this returns (the driver waits for the reply).
         ``setup`` and ``restore`` run on the work loop.
@@ -178,7 +246,7 @@ class ShardActor:
         """
         failures: dict[int, ItemFailure] = {}
         for req in requests:
-            old = self._shards.pop(req.shard_id, None)
+            old = await self._unhost(req.shard_id)
             if old is not None:
                 for waiter in old.waiters.values():
                     if not waiter.done():
@@ -218,7 +286,8 @@ class ShardActor:
         try:
             # In a thread: the actor's other shards keep running while this one is frozen
             # (no batch of this one is sent until the move is over).
-            state = await asyncio.to_thread(_freeze, hosted.instance)
+            async with hosted.lock:
+                state = await asyncio.to_thread(_freeze, hosted.instance)
         except USER_ERRORS as exc:
             return HandoffReply(self._incarnation, ItemFailure.capture(0, exc)), None
         if self._shards.get(shard_id) is not hosted:  # placed anew meanwhile
@@ -228,8 +297,40 @@ class ShardActor:
         size = 0 if state is None else len(state)
         return HandoffReply(self._incarnation, None, size), state
 
+    async def _unhost(self, sid: int) -> _HostedShard | None:
+        """Stop hosting shard ``sid`` once its running batch (if any) is over; returns it."""
+        while (old := self._shards.get(sid)) is not None:
+            async with old.lock:
+                if self._shards.get(sid) is old:
+                    del self._shards[sid]
+                    return old
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _between_batches(self) -> AsyncIterator[None]:
+        """Hold the lock of every stateful shard hosted: the body (which must not await)
+        reads their states between batches, none of them running on the loop or in a
+        thread. Batches waiting meanwhile run after it, in their order."""
+        async with self._readers:
+            held: dict[int, asyncio.Lock] = {}  # id -> lock (a replaced shard's too)
+            try:
+                while todo := [
+                    h.lock
+                    for h in self._shards.values()
+                    if isinstance(h.instance, Shard) and id(h.lock) not in held
+                ]:
+                    for lock in todo:
+                        await lock.acquire()
+                        held[id(lock)] = lock
+                yield
+            finally:
+                for lock in held.values():
+                    lock.release()
+
     def _new_instance(self, sid: int, state: Any) -> Any:
         if not (isinstance(self._handler, type) and issubclass(self._handler, Shard)):
+            if self._memo_size > 0:  # each shard its own table and counters
+                return memoize(self._handler, self._memo_size)
             return self._handler
         instance = self._handler()
         instance.shard_id = sid
@@ -244,10 +345,11 @@ class ShardActor:
         Runs on the work loop, between batches (not in the control group), so a partial is
         never read while a batch is changing it.
         """
-        return self._incarnation, {
-            sid: (h.gen, h.instance.result() if isinstance(h.instance, Shard) else None)
-            for sid, h in self._shards.items()
-        }
+        async with self._between_batches():
+            return self._incarnation, {
+                sid: (h.gen, h.instance.result() if isinstance(h.instance, Shard) else None)
+                for sid, h in self._shards.items()
+            }
 
     async def snapshots(self) -> tuple[str, dict[int, tuple[int, bytes | ItemFailure]]]:
         """The incarnation, and ``{shard_id: (generation, snapshot)}`` of every shard.
@@ -257,38 +359,57 @@ class ShardActor:
         shard's snapshot is ``b""``; a ``snapshot()`` that raises gives its failure instead.
         """
         out: dict[int, tuple[int, bytes | ItemFailure]] = {}
-        for sid, h in self._shards.items():
-            try:
-                out[sid] = (h.gen, _freeze(h.instance) or b"")
-            except USER_ERRORS as exc:
-                out[sid] = (h.gen, ItemFailure.capture(0, exc))
+        async with self._between_batches():
+            for sid, h in self._shards.items():
+                try:
+                    out[sid] = (h.gen, _freeze(h.instance) or b"")
+                except USER_ERRORS as exc:
+                    out[sid] = (h.gen, ItemFailure.capture(0, exc))
         return self._incarnation, out
 
     async def reduce_local(
-        self, combine: Callable[[Any, Any], Any]
+        self, combine: Callable[[Any, Any], Any], rid: str | None = None
     ) -> tuple[str, dict[int, int], Any]:
-        """Combine this actor's partials in place, so only one value leaves the process.
+        """Combine this actor's partials (see :mod:`~shardyard.actors.combine`).
 
-        Runs on the work loop, between batches, as :meth:`results` does.
+        Runs on the work loop, between batches, as :meth:`results` does. With ``rid`` the
+        value stays here under that id for :meth:`give` and :meth:`absorb` (a tree reduce
+        across actors: it leaves this process only when another actor or the driver needs
+        it), and the reply carries ``None`` in its place.
 
         Returns:
             The incarnation, ``{shard_id: generation}`` of the shards combined, and the value.
         """
-        acc: Any = None
-        first = True
-        gens: dict[int, int] = {}
-        for sid in sorted(self._shards):
-            h = self._shards[sid]
-            gens[sid] = h.gen
-            part = h.instance.result() if isinstance(h.instance, Shard) else None
-            if first:
-                # A private copy: combine may update its first argument in place, and the
-                # first partial is live shard state.
-                acc = cloudpickle.loads(cloudpickle.dumps(part))
-                first = False
-            else:
-                acc = combine(acc, part)
-        return self._incarnation, gens, acc
+        async with self._between_batches():
+            gens = {sid: self._shards[sid].gen for sid in sorted(self._shards)}
+            parts = [
+                h.instance.result() if isinstance(h.instance, Shard) else None
+                for h in (self._shards[sid] for sid in gens)
+            ]
+            acc = combine_all(parts, combine)
+        if rid is None:
+            return self._incarnation, gens, acc
+        self._reduced[rid] = acc
+        return self._incarnation, gens, None
+
+    async def give(self, rid: str, after: Any = None) -> Any:
+        """Hand over (and forget) the value kept under ``rid``; ``after`` orders this call
+        behind an :meth:`absorb` (Ray resolves it first)."""
+        return self._reduced.pop(rid)
+
+    async def absorb(
+        self, rid: str, combine: Callable[[Any, Any], Any], other: Any, after: Any = None
+    ) -> str:
+        """Combine another actor's value (resolved by Ray from the object store) into the
+        one kept under ``rid``; returns the incarnation. ``after``: as for :meth:`give`
+        (an async actor runs calls in the order their arguments are ready, not as sent)."""
+        self._reduced[rid] = combine(self._reduced[rid], other)
+        return self._incarnation
+
+    async def drop(self, rid: str) -> None:
+        """Forget the value kept under ``rid`` (a reduce that was abandoned). On the work
+        loop, so it comes after the driver's earlier ``give``/``absorb`` calls."""
+        self._reduced.pop(rid, None)
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def stats(self) -> dict[str, Any]:
@@ -310,6 +431,7 @@ class ShardActor:
                     "gen": h.gen,
                     "next_seq": h.next_seq,
                     "waiting": len(h.waiters),
+                    "memo": _memo_counters(h.instance),
                 }
                 for sid, h in self._shards.items()
             },
@@ -319,6 +441,17 @@ class ShardActor:
     def health(self) -> str:
         """This process's incarnation id (a restarted actor answers a new one)."""
         return self._incarnation
+
+
+def _memo_counters(instance: Any) -> dict[str, int] | None:
+    """The hit and miss counters of a shard's memo (``None`` without one)."""
+    memo = memo_of(instance)
+    return None if memo is None else memo.counters()
+
+
+async def _finish(coro: Any, yielded: Any, results: list[Any], i: int) -> None:
+    """Run on a batch's coroutine from its first suspension; its reply goes to ``results``."""
+    results[i] = await _resume(coro, yielded)
 
 
 def _freeze(instance: Any) -> bytes | None:

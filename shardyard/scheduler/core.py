@@ -573,7 +573,7 @@ class Core:
             self.dispatch.call_done(a, call.alone)
             if exc is None and reply.incarnation == self._incarnation[a]:
                 items = sum(b.size for b in call.batches)
-                self.dispatch.answered(a, items, call.sent_at, time.monotonic())
+                self.dispatch.answered(a, items, call.sent_at, time.monotonic(), reply.took_s)
                 for r in reply.replies:
                     try:
                         if type(r) is Stale and r.gen == self.ledger.books[r.shard_id].gen:

@@ -236,9 +236,11 @@ class Dispatch:
             return 1 << 62
         cost = slot.cost
         if slot.sent:
-            since, items = slot.sent[0]  # its oldest unanswered call: at least this slow
+            # Its oldest unanswered call, counted from when the actor could start it (its
+            # send, or the last answer before): the handler is at least this slow.
+            since, items = slot.sent[0]
             if items:
-                cost = max(cost or 0.0, (now - since) / items)
+                cost = max(cost or 0.0, (now - max(since, slot.busy_until)) / items)
         if not cost:
             return FIRST_CALL_ITEMS
         return max(1, int(self._call_budget / cost))
@@ -293,19 +295,23 @@ class Dispatch:
         if alone:
             slot.alone = False
 
-    def answered(self, a: int, items: int, sent_at: float, now: float) -> None:
-        """A call of ``items`` items sent at ``sent_at`` was answered at ``now``.
+    def answered(self, a: int, items: int, sent_at: float, now: float, took_s: float = 0.0) -> None:
+        """A call of ``items`` items sent at ``sent_at`` was answered at ``now``; it took
+        ``took_s`` seconds in the actor (0: not known).
 
-        Its service time is counted from when the actor was free to start it (the later
-        of its send and the previous answer), so calls queued behind others on the actor
-        are not charged for the wait. The cost is a moving average of seconds per item.
+        Its service time is the actor's own ``took_s``: a round trip would also count the
+        call's transfer and its wait for a CPU on a busy node, which, for a small call
+        (the probe), can be a thousand times its handler's work and would shrink the
+        calls after it. Without it, the round trip counts from when the actor was free to
+        start the call (the later of its send and the previous answer). The cost is a
+        moving average of seconds per item.
         """
         slot = self.actors[a]
         start = max(sent_at, slot.busy_until)
         slot.busy_until = now
         if items <= 0:
             return
-        per_item = max(0.0, now - start) / items
+        per_item = (took_s if took_s > 0 else max(0.0, now - start)) / items
         slot.cost = per_item if slot.cost is None else 0.5 * slot.cost + 0.5 * per_item
 
     def actor_lost(self, a: int) -> None:

@@ -52,12 +52,19 @@ def summary(stats: PoolStats) -> str:
     extra = (f", {restarts} restarts" if restarts else "") + (
         f", {failed} failed shards" if failed else ""
     )
+    if _uses_memo(stats):
+        extra += f", memo {stats.memo_hits} hits / {stats.memo_misses} misses"
+        extra += f" / {stats.memo_uncached} uncached" if stats.memo_uncached else ""
     return (
         f"PoolStats({len(stats.actors)} actors, {len(stats.shards)} shards, "
         f"{stats.items} items, {errors} errors, "
         f"skew {skew([float(x) for x in actor_items(stats)]):.2f} over actors, "
         f"{skew([float(s.items) for s in stats.shards]):.2f} over shards{extra})"
     )
+
+
+def _uses_memo(stats: PoolStats) -> bool:
+    return any(s.memo_hits or s.memo_misses or s.memo_uncached for s in stats.shards)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -88,6 +95,7 @@ def stats_html(stats: PoolStats, title: str = "") -> str:
         for a, items in zip(stats.actors, per_actor, strict=True)
     ]
     shards = stats.shards
+    memo = _uses_memo(stats)
     note = ""
     if len(shards) > MAX_SHARD_ROWS:
         note = f"the {MAX_SHARD_ROWS} busiest of {len(shards)} shards"
@@ -102,6 +110,7 @@ def stats_html(stats: PoolStats, title: str = "") -> str:
             s.errors,
             f"{s.busy_s:.2f}",
             s.generation,
+            *([s.memo_hits, s.memo_misses] if memo else []),
             s.failed or "",
         ]
         for s in shards
@@ -124,6 +133,7 @@ def stats_html(stats: PoolStats, title: str = "") -> str:
                 "errors",
                 "busy s",
                 "generation",
+                *(["memo hits", "memo misses"] if memo else []),
                 "failed",
             ],
             shard_rows,

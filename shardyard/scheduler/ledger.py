@@ -103,7 +103,8 @@ class Batch:
 
     @property
     def size(self) -> int:
-        return sum(len(s) for s in self.segments)
+        """Its items: the payload's length (the payload is its segments' items, joined)."""
+        return 0 if self.payload is None else len(self.payload)
 
     def wire(self) -> WireBatch:
         return WireBatch(self.shard_id, self.gen, self.seq, self.kind, self.payload, self.pickled)

@@ -114,13 +114,15 @@ def release(core: Any, store: Any, autoscaler: Any) -> None:
             store.close()
 
 
-def release_when_done(core: Any, store: Any, autoscaler: Any) -> None:
+def release_when_done(core: Any, store: Any, autoscaler: Any, keep: Any = None) -> None:
     """The finalizer of a started pool: release it once its unfinished items ended.
 
     It references none of the pool itself (the core works without it), so a future of a
     pool nobody references still resolves: ``ShardPool(f).submit(x).result()`` works. It
     runs in a new thread: a pool may be collected on any thread, Ray's callback thread
-    included, where killing actors would deadlock Ray.
+    included, where killing actors would deadlock Ray. ``keep`` (the pool's ``shared=``
+    object refs) stays referenced until the actors are stopped: an actor that Ray restarts
+    meanwhile needs them for its constructor.
     """
 
     def run() -> None:
@@ -129,5 +131,7 @@ def release_when_done(core: Any, store: Any, autoscaler: Any) -> None:
                 core.wait_idle()
         finally:
             release(core, store, autoscaler)
+            del keep_alive[:]
 
+    keep_alive = [keep]
     threading.Thread(target=run, name="shardyard-release", daemon=True).start()

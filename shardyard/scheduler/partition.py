@@ -80,8 +80,7 @@ class Partitioner:
         if n == 1 and self._assign_one is not None:
             # One submitted item: a scalar path, numpy's per-call cost would dominate.
             return [(self._assign_one(keys[0]), _ZERO)]
-        shard_ids = self.strategy.assign(keys)
-        return self.group(shard_ids)
+        return self.group(self.strategy.assign(keys))
 
     @staticmethod
     def group(shard_ids: np.ndarray) -> Groups:
@@ -89,7 +88,10 @@ class Partitioner:
         n = len(shard_ids)
         if n == 1:
             return [(int(shard_ids[0]), np.zeros(1, dtype=np.int64))]
-        order = np.argsort(shard_ids, kind="stable")
+        # Shard ids fit 16 bits almost always: numpy sorts those stably by radix, several
+        # times faster than a merge sort of int64.
+        narrow = shard_ids.astype(np.uint16) if len(shard_ids) and shard_ids.max() < 65536 else None
+        order = np.argsort(shard_ids if narrow is None else narrow, kind="stable")
         ordered = shard_ids[order]
         cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
         starts = np.concatenate(([0], cuts)).tolist()

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import threading
 import time
+import types
+import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,9 +32,9 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from shardyard.actors.handler import as_batch
 from shardyard.actors.shard import Shard
 from shardyard.actors.shard_actor import remote_shard_actor
+from shardyard.actors.shared import check_shared
 from shardyard.cluster import connect
 from shardyard.config import PoolConfig
 from shardyard.errors import (
@@ -53,7 +56,7 @@ from shardyard.scheduler.interrupts import Interrupted, SigintGuard
 from shardyard.scheduler.nodes import actor_demand, affinity, choose_nodes, fitting_nodes
 from shardyard.scheduler.partition import Partitioner
 from shardyard.scheduler.scaling import check_scale, plan_scale
-from shardyard.scheduler.segments import Segment, take
+from shardyard.scheduler.segments import Picked, Segment, take
 from shardyard.scheduler.sinks import FutureSink, MapSink
 from shardyard.scheduler.stats import (
     ActorStats,
@@ -70,6 +73,9 @@ from shardyard.streams.job import RunReport
 __all__ = ["ShardPool"]
 
 Keys = Iterable[Any] | Callable[[Any], Any] | None
+
+
+CHUNK_ITEMS_PER_SHARD = 64  # a chunk's items per shard, when chunk_size is left at its default
 
 
 class _Unset:
@@ -94,20 +100,28 @@ class ShardPool:
             out: the config's).
         config: a :class:`~shardyard.config.PoolConfig`; the keyword arguments above
             override its fields (an explicit ``None`` too).
-        batched: a plain function takes whole batches (numpy arrays for numeric input) and
-            returns one output per item.
+        batched: a plain function takes whole batches and returns one output per item. A
+            batch is a list when the items came as a list or an iterator, an array when
+            they came as a numpy array (``batch_format="list"`` or ``"numpy"`` fixes it).
         address: Ray address for :func:`shardyard.connect` (default: embedded local Ray).
+        shared: large read-only values every shard reads, ``{name: value}``: put into Ray's
+            object store once when the pool starts and read in the handler as
+            ``shardyard.shared[name]`` (``self.shared[name]`` in a ``Shard``); numpy arrays
+            are mapped zero-copy and read-only (see :mod:`shardyard.actors.shared`).
         **overrides: further ``PoolConfig`` fields (``max_batch_size=...``,
-            ``checkpoint_every=None``, ...), taken as given.
+            ``checkpoint_every=None``, ``memo_size=...``), taken as given.
 
     Raises:
         pydantic.ValidationError: a configuration field is invalid (the error names it).
-        shardyard.errors.SerializationError: the handler cannot be pickled for Ray.
-        TypeError: the handler is neither a callable nor a ``Shard`` subclass.
+        shardyard.errors.SerializationError: the handler, or a ``shared`` value (named),
+            cannot be pickled for Ray.
+        TypeError: the handler is neither a callable nor a ``Shard`` subclass, or
+            ``shared`` is not a dict with str names.
         shardyard.errors.UnknownStrategyError: no strategy has that name.
         shardyard.errors.ConfigError: a ``Shard`` subclass with a strategy that may send one
             key to two shards (``"bounded"``), or strategy options that do not fit an explicit
-            ``num_shards`` (with a derived ``num_shards`` this is raised at start).
+            ``num_shards`` (with a derived ``num_shards`` this is raised at start), or
+            ``memo_size`` with a ``Shard`` subclass or ``batched=True``.
 
     Example:
         >>> import numpy as np
@@ -126,6 +140,7 @@ class ShardPool:
         config: PoolConfig | None = None,
         batched: bool = False,
         address: str | None = None,
+        shared: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
         # An explicit None is a value (num_actors=None: one per CPU; checkpoint_every=None:
@@ -145,6 +160,17 @@ class ShardPool:
         if not callable(handler):
             raise TypeError(f"handler must be a function or a Shard subclass, got {handler!r}")
         self._stateful = isinstance(handler, type) and issubclass(handler, Shard)
+        if self.config.memo_size and (self._stateful or batched):
+            raise ConfigError(
+                f"memo_size={self.config.memo_size} memoises a pure per-item function; "
+                f"{'a Shard subclass' if self._stateful else 'batched=True'} cannot use it "
+                "(leave memo_size at 0)"
+            )
+        # name -> value, validated now; put into the object store at start.
+        self._shared: dict[str, Any] = {} if shared is None else check_shared(shared)
+        # The store's copies, owned by this driver and held for the pool's life: a process
+        # Ray restarts gets them again as its constructor arguments.
+        self._shared_refs: list[ray.ObjectRef[Any]] = []
         try:
             cloudpickle.dumps(handler)
         except Exception as exc:
@@ -261,6 +287,7 @@ class ShardPool:
             # (Ray would otherwise hold a CPU per actor it places that way).
             options.setdefault("num_cpus", 0)
         self._actor_cls = remote_shard_actor(**options)
+        self._shared_refs = self._put_shared()
         actors = self._new_actors(list(range(num_actors)))
         core: Core | None = None
         try:
@@ -306,6 +333,7 @@ class ShardPool:
                 core.stop()
             for actor in actors:
                 kill_quietly(actor)
+            self._shared_refs = []
             raise
         self._actors = actors
         self._placement = placement
@@ -315,7 +343,12 @@ class ShardPool:
             self._autoscaler.start()
         # Not at interpreter exit: Ray ends a driver's actors with the driver.
         self._finalizer = weakref.finalize(
-            self, lifecycle.release_when_done, core, self._store, self._autoscaler
+            self,
+            lifecycle.release_when_done,
+            core,
+            self._store,
+            self._autoscaler,
+            self._shared_refs,  # for an actor Ray restarts before the release
         )
         self._finalizer.atexit = False
         return core
@@ -609,7 +642,7 @@ class ShardPool:
         demand = actor_demand(cfg.num_cpus_per_actor, cfg.resources_per_actor)
         candidates = fitting_nodes(demand, ray.nodes())
         if not cfg.spread or not candidates:
-            return [self._actor_cls.remote(self._handler, self._batched, i) for i in indices]
+            return [self._spawn(self._actor_cls, i) for i in indices]
         taken: dict[str, int] = {}
         for a in others or []:
             if a in self._actor_node:
@@ -618,8 +651,46 @@ class ShardPool:
         for i, node in zip(indices, choose_nodes(len(indices), candidates, taken), strict=True):
             self._actor_node[i] = node
             cls = self._actor_cls.options(scheduling_strategy=affinity(node))
-            handles.append(cls.remote(self._handler, self._batched, i))
+            handles.append(self._spawn(cls, i))
         return handles
+
+    def _spawn(self, cls: Any, index: int) -> Any:
+        """Create actor ``index`` of class ``cls`` (the remote ShardActor, with options).
+
+        Every actor, at start, by ``scale``, the autoscaler or a failover, is created
+        here; Ray re-runs this same constructor call when it restarts the process.
+        """
+        cfg = self.config
+        return cls.remote(
+            self._handler,
+            self._batched,
+            index,
+            cfg.batch_format,
+            # Top-level ObjectRefs: Ray resolves them before the constructor runs (nested
+            # ones would arrive as references).
+            *self._shared_refs,
+            shared_names=tuple(self._shared),
+            memo_size=cfg.memo_size,
+            max_concurrency=cfg.max_concurrency,
+        )
+
+    def _put_shared(self) -> list[ray.ObjectRef[Any]]:
+        """Put each ``shared`` value into the object store, once for the pool's life."""
+        refs = []
+        for name, value in self._shared.items():
+            try:
+                refs.append(ray.put(value))
+            except Exception as exc:
+                raise SerializationError(
+                    f"shared[{name!r}] could not be put into Ray's object store ({exc})"
+                ) from exc
+        return refs
+
+    @property
+    def shared(self) -> Mapping[str, Any]:
+        """The pool's ``shared`` values, read-only, on the driver (the handler reads them as
+        ``shardyard.shared``)."""
+        return types.MappingProxyType(self._shared)
 
     def shard_of(self, keys: Any) -> np.ndarray:
         """The shard id of each key, as the pool routes them."""
@@ -669,6 +740,7 @@ class ShardPool:
                     lifecycle.release(core, self._store, self._autoscaler)
                 elif self._store is not None:
                     self._store.close()
+                self._shared_refs = []  # the actors are stopping: free the store's copies
 
     @property
     def closed(self) -> bool:
@@ -732,7 +804,7 @@ class ShardPool:
         come as a last chunk, then ``_InputFailed`` is raised. Items are read with
         ``list.extend``, which keeps what it read before an exception: no per-item work.
         """
-        size = self.config.chunk_size
+        size = self._chunk_size()
         key_fn = keys if callable(keys) else None
         n_items, n_keys = _length(items), None if key_fn else _length(keys)
         if n_items is not None and n_keys is not None and n_items != n_keys:
@@ -795,9 +867,21 @@ class ShardPool:
                 if len(chunk_keys) != len(chunk):
                     del chunk[len(chunk_keys) :]
             if chunk:
-                yield as_batch(chunk), chunk_keys
+                yield chunk, chunk_keys  # a list stays a list (see PoolConfig.batch_format)
             if failed is not None:
                 raise _InputFailed(failed) from failed
+
+    def _chunk_size(self) -> int:
+        """Items read and partitioned at a time: ``chunk_size``, or when it was left at its
+        default, enough for ``CHUNK_ITEMS_PER_SHARD`` items per shard (up to
+        ``max_pending_items``): the driver's work per chunk and per batch is paid per shard
+        touched, so a chunk spread thin over thousands of shards would cost more than its
+        items."""
+        cfg = self.config
+        if "chunk_size" in cfg.model_fields_set:
+            return cfg.chunk_size
+        wide = min(CHUNK_ITEMS_PER_SHARD * self.num_shards, cfg.max_pending_items)
+        return max(cfg.chunk_size, wide)
 
     def _push(self, core: Core, sink: MapSink, base: int, chunk: Any, keys: Any) -> int:
         """Partition a chunk and hand it to the core; return its length.
@@ -813,10 +897,20 @@ class ShardPool:
         except Exception as exc:
             raise self._route_failure(core, sink, base, chunk, keys, exc) from exc
         segments: list[tuple[int, Segment]] = []
+        # A list cut into several groups: picked through an object array (numpy's fancy
+        # indexing) rather than item by item; the groups' keys are read only for errors.
+        objects = (
+            np.fromiter(chunk, dtype=object, count=n)
+            if isinstance(chunk, list) and len(groups) > 1
+            else None
+        )
         for sid, index in groups:
             if isinstance(index, slice):
                 positions = np.arange(base + index.start, base + index.stop, dtype=np.int64)
                 seg = Segment(sink, positions, chunk[index], None if keys is None else keys[index])
+            elif objects is not None:
+                picked = Picked(keys, index) if isinstance(keys, list) else take(keys, index)
+                seg = Segment(sink, index + base, objects[index].tolist(), picked)
             else:
                 seg = Segment(sink, index + base, take(chunk, index), take(keys, index))
             segments.append((sid, seg))
@@ -1127,28 +1221,55 @@ class ShardPool:
     def reduce(self, combine: Callable[[Any, Any], Any], timeout: float | None = None) -> Any:
         """Wait for outstanding work; combine all shards' partial results with ``combine``.
 
-        Each actor first combines its own shards' partials in its process (in parallel
-        across actors), so one value per actor crosses the network; the driver combines
-        those. Raises as :meth:`results` does.
+        Each actor combines its own shards' partials in its process (all actors at once),
+        then the actors' values are combined pairwise in a tree across actors: a value
+        moves from one actor to another through Ray's object store, and only the last one
+        reaches the driver. Raises as :meth:`results` does.
 
         Args:
-            combine: an associative function of two partials, e.g. ``operator.add``.
+            combine: an associative function of two partials, e.g. ``operator.add``. It may
+                update its first argument and return it (``a.update(b); return a``: the
+                cheapest for dicts and Counters) or return a new value; it must not change
+                its second argument. Partials are never changed: the first argument is
+                always a private copy or a value made by ``combine``.
             timeout: seconds to wait at most (``TimeoutError`` after).
 
         Example:
             >>> import operator
             >>> pool.reduce(operator.add)                           # doctest: +SKIP
             Counter({'a': 2, 'b': 1})
+            >>> def merge(a, b):                                    # doctest: +SKIP
+            ...     a.update(b)  # in place: no copy of the growing total
+            ...     return a
+            >>> pool.reduce(merge)                                  # doctest: +SKIP
         """
-        replies = self._collect(lambda a: a.reduce_local.remote(combine), timeout)
-        values = [acc for _, _, acc in replies]
-        out = values[0]
-        for v in values[1:]:
-            out = combine(out, v)
-        return out
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        while True:
+            rid = uuid.uuid4().hex
+            try:
+                ask = functools.partial(_ask_reduce, combine=combine, rid=rid)
+                pairs = self._collect_from(ask, left())
+                return _tree_combine([h for h, _ in pairs], rid, combine, left())
+            except (RayActorError, ActorUnavailableError):
+                # An actor died during the tree: its shards are restored and replayed by the
+                # core; combine again from complete shard state.
+                time.sleep(0.05)
+            finally:
+                for _, h in self._live_handles():  # what a failed attempt left behind
+                    h.drop.remote(rid)
 
     def _collect(self, ask: Callable[[Any], Any], timeout: float | None) -> list[Any]:
         """Ask every actor once its shards are complete; retry if one was restarted."""
+        return [reply for _, reply in self._collect_from(ask, timeout)]
+
+    def _collect_from(
+        self, ask: Callable[[Any], Any], timeout: float | None
+    ) -> list[tuple[Any, Any]]:
+        """:meth:`_collect`, each reply with the handle of the actor that gave it."""
         core = self._ensure_started()
         deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -1174,7 +1295,7 @@ class ShardPool:
                 sid: (g if isinstance(g, int) else g[0]) for r in replies for sid, g in r[1].items()
             }
             if fresh and hosted == dict(enumerate(gens)):
-                return replies
+                return [(h, r) for (_, h, _), r in zip(live, replies, strict=True)]
 
     def stats(self, timeout: float = 10.0) -> PoolStats:
         """Per-shard and per-actor counters, from the driver and the actors' control group.
@@ -1198,9 +1319,12 @@ class ShardPool:
             except Exception:
                 remote.append(None)
         busy: dict[int, float] = {}
+        memo: dict[int, dict[str, int]] = {}  # shard id -> its memo's counters
         for r in remote:
             for sid, s in (r or {}).get("shards", {}).items():
                 busy[int(sid)] = s["busy_s"]
+                if s.get("memo") is not None:
+                    memo[int(sid)] = s["memo"]
         shards = [
             ShardStats(
                 shard_id=s["shard_id"],
@@ -1215,6 +1339,9 @@ class ShardPool:
                 retained_batches=s["retained_batches"],
                 snapshot_failures=s["snapshot_failures"],
                 failed=s["failed"],
+                memo_hits=memo.get(s["shard_id"], {}).get("hits", 0),
+                memo_misses=memo.get(s["shard_id"], {}).get("misses", 0),
+                memo_uncached=memo.get(s["shard_id"], {}).get("uncached", 0),
             )
             for s in driver["shards"]
         ]
@@ -1444,14 +1571,45 @@ def _assemble(sink: MapSink, numpy_in: bool, return_exceptions: bool) -> Any:
             for positions, outputs in pieces:
                 out[positions] = outputs
             return out
-    result: list[Any] = [None] * n
+    # Scattered through an object array (fromiter: a tuple output stays one element).
+    result = np.empty(n, dtype=object)
     for positions, outputs in pieces:
         values = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
-        for i, v in zip(positions.tolist(), values, strict=True):
-            result[i] = v
+        result[positions] = np.fromiter(values, dtype=object, count=len(positions))
     for pos, exc in sink.errors:
         result[pos] = exc
-    return result
+    return result.tolist()
+
+
+def _ask_reduce(actor: Any, combine: Callable[[Any, Any], Any], rid: str) -> Any:
+    return actor.reduce_local.remote(combine, rid)
+
+
+def _tree_combine(
+    holders: list[Any], rid: str, combine: Callable[[Any, Any], Any], timeout: float | None
+) -> Any:
+    """Combine the values ``holders`` keep under ``rid`` pairwise, actor to actor.
+
+    Each round, every second actor gives its value (a return in the object store) to its
+    left neighbour, which absorbs it (Ray fetches it into that process): ``log2(actors)``
+    rounds, no value through the driver but the last. Every call is sent at once; each
+    ``give`` and ``absorb`` names its actor's previous ``absorb`` as ``after``, which Ray
+    resolves first (an async actor runs calls as their arguments become ready).
+    """
+    acks: dict[int, Any] = {}  # holder position -> its last absorb's reply
+    live = list(range(len(holders)))
+    while len(live) > 1:
+        nxt = []
+        for i in range(0, len(live) - 1, 2):
+            recv, send = live[i], live[i + 1]
+            value = holders[send].give.remote(rid, acks.get(send))
+            acks[recv] = holders[recv].absorb.remote(rid, combine, value, acks.get(recv))
+            nxt.append(recv)
+        if len(live) % 2:
+            nxt.append(live[-1])
+        live = nxt
+    root = live[0]
+    return ray.get(holders[root].give.remote(rid, acks.get(root)), timeout=timeout)
 
 
 def _check_fits(num_actors: int, cpus_per_actor: float | None) -> None:

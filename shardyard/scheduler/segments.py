@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Segment", "concat_items", "take", "take_items"]
+__all__ = ["Picked", "Segment", "concat_items", "take", "take_items"]
 
 
 def take(values: Any, index: np.ndarray) -> Any:
@@ -33,7 +33,37 @@ def take(values: Any, index: np.ndarray) -> Any:
         return None
     if isinstance(values, np.ndarray):
         return values[index]
+    if isinstance(values, Picked):
+        return Picked(values.values, values.index[index])
     return [values[i] for i in index.tolist()]
+
+
+class Picked:
+    """``values[index]``, read only when asked: the keys of a segment of list input.
+
+    The driver needs a keyed item's key only to name it in an error, so copying every key
+    of every segment would be wasted work; a ``Picked`` holds the chunk's keys and the
+    segment's indices instead.
+
+    Example:
+        >>> k = Picked(["a", "b", "c"], np.array([2, 0]))
+        >>> len(k), k[0], k[1:][0]
+        (2, 'c', 'a')
+    """
+
+    __slots__ = ("index", "values")
+
+    def __init__(self, values: Any, index: np.ndarray) -> None:
+        self.values = values
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, at: Any) -> Any:
+        if isinstance(at, slice):
+            return Picked(self.values, self.index[at])
+        return self.values[int(self.index[at])]
 
 
 @dataclass(slots=True)

@@ -32,6 +32,13 @@ class ShardStats(BaseModel):
             memory a crash costs; bounded by ``checkpoint_every`` while snapshots succeed).
         snapshot_failures: failed ``snapshot()`` calls in a row.
         failed: why the shard cannot go on (``None`` while it is healthy).
+        memo_hits: items its memo answered without running the function (kept outputs,
+            or a call of the same key in progress; ``PoolConfig.memo_size``). Counted
+            since the shard was last placed on its actor, as ``busy_s``.
+        memo_misses: hashable items that ran the function (with a memo large enough,
+            the distinct items).
+        memo_uncached: items that could not be hashed, so bypassed the memo (the function
+            ran).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -48,6 +55,9 @@ class ShardStats(BaseModel):
     retained_batches: int = 0
     snapshot_failures: int = 0
     failed: str | None = None
+    memo_hits: int = 0
+    memo_misses: int = 0
+    memo_uncached: int = 0
 
 
 class ActorStats(BaseModel):
@@ -167,6 +177,21 @@ class PoolStats(BaseModel):
     def items(self) -> int:
         """Items finished across all shards."""
         return sum(s.items for s in self.shards)
+
+    @property
+    def memo_hits(self) -> int:
+        """Items answered by the shards' memos (``PoolConfig.memo_size``), in total."""
+        return sum(s.memo_hits for s in self.shards)
+
+    @property
+    def memo_misses(self) -> int:
+        """Items the shards' memos did not hold, in total (the function ran)."""
+        return sum(s.memo_misses for s in self.shards)
+
+    @property
+    def memo_uncached(self) -> int:
+        """Unhashable items that bypassed the shards' memos, in total."""
+        return sum(s.memo_uncached for s in self.shards)
 
     def __repr__(self) -> str:
         from shardyard.scheduler.display import summary
