@@ -19,6 +19,9 @@ Suites, each in its own subprocess (so no two share a Ray or a Spark), in this o
   ``multiprocessing.Pool(2).apply_async`` (spawn) driven the same way; latency is from each
   item's scheduled arrival to its completion callback (so a lagging submitter counts);
   p50 / p99 per load level;
+- ``user_paths``, ``moonshots``, ``concurrency``, ``caching``, ``shards``: their own files
+  (the plain user paths and word count, the moonshot bars, I/O-bound concurrency,
+  ``shared=`` and the memo, cost against shard and actor counts);
 - ``cpu``: CPU-bound speedup: items of ~1 ms of pure-Python integer arithmetic (calibrated),
   serial in the driver vs ``ShardPool(burn, num_actors=2).map`` vs
   ``multiprocessing.Pool(2).map`` (spawn, default chunksize); pools started before timing;
@@ -26,7 +29,8 @@ Suites, each in its own subprocess (so no two share a Ray or a Spark), in this o
 
 The last three are measured by this file itself (``--measure NAME``, in a subprocess).
 Writes ``benchmarks/results/all.json`` (every suite's final JSON line, exit status, wall
-time, skip reason) and the charts ``throughput_vs_batch.png``, ``latency_vs_load.png``,
+time, skip reason, and every bar of the speed issue with its measured value and pass/fail,
+also printed as a table) and the charts ``throughput_vs_batch.png``, ``latency_vs_load.png``,
 ``cpu_speedup.png`` (plus the peers' ``wordcount_engines.png``); prints a summary and one
 JSON line last.
 
@@ -57,7 +61,20 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NUM_WORKERS = 2
 BATCH_SIZES = [1, 8, 64, 512, 4096]
-SUITES = ["engine", "executor", "streaming", "peers", "batch", "latency", "cpu"]
+SUITES = [
+    "engine",
+    "executor",
+    "streaming",
+    "peers",
+    "batch",
+    "latency",
+    "cpu",
+    "user_paths",
+    "moonshots",
+    "concurrency",
+    "caching",
+    "shards",
+]
 MEASURED = {"batch", "latency", "cpu"}
 
 
@@ -503,6 +520,22 @@ def command(name: str, quick: bool, out: Path) -> list[str]:
             str(out),
             *(["--quick"] if quick else []),
         ]
+    if name == "user_paths":
+        return [py, str(HERE / "user_paths.py"), "--out", str(out), "--label", "current"]
+    if name == "moonshots":
+        return [py, str(HERE / "moonshots.py"), "--out", str(out)]
+    if name == "concurrency":
+        return [py, str(HERE / "concurrency.py"), *(["--repeats", "1"] if quick else [])]
+    if name == "caching":
+        return [
+            py,
+            str(HERE / "caching.py"),
+            "--out",
+            str(out),
+            *(["--repeats", "1", "--table-mb", "50"] if quick else []),
+        ]
+    if name == "shards":
+        return [py, str(HERE / "shards.py"), *(["--quick"] if quick else [])]
     return [py, str(Path(__file__).resolve()), "--measure", name, *(["--quick"] if quick else [])]
 
 
@@ -566,6 +599,50 @@ def run_suite(name: str, quick: bool, out: Path, timeout_s: float) -> dict[str, 
         flush=True,
     )
     return status
+
+
+def bars_of(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's bars a suite's JSON line measured: ``{bar, value, target, ok}`` each."""
+    if "bars" in result:  # user_paths, moonshots: their own
+        return list(result["bars"])
+    r = result.get("results", {})
+    if name == "concurrency":
+        return [
+            {
+                "bar": f"400 x 10 ms, {case}, x serial",
+                "value": x,
+                "target": ">= 25 x",
+                "ok": x >= 25,
+            }
+            for case, x in r.get("io_speedup", {}).items()
+        ]
+    if name == "shards":
+        return [
+            {
+                "bar": "keyed map, 4,096 busy shards / 16 shards",
+                "value": r["shards_ratio"],
+                "target": ">= 0.8 x",
+                "ok": r["shards_ratio"] >= 0.8,
+            },
+            {
+                "bar": "keyed map, 32 actors / 2 actors, 2 cores",
+                "value": r["actors_ratio"],
+                "target": ">= 0.7 x",
+                "ok": r["actors_ratio"] >= 0.7,
+            },
+        ]
+    if name == "cpu":
+        sp = result.get("speedup", {})
+        ratio = sp["shardyard num_actors=2"] / sp["multiprocessing.Pool(2)"]
+        return [
+            {
+                "bar": "CPU-bound, shardyard / multiprocessing.Pool(2)",
+                "value": ratio,
+                "target": ">= 0.95 x",
+                "ok": ratio >= 0.95,
+            }
+        ]
+    return []
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -637,6 +714,29 @@ def main(argv: list[str] | None = None) -> None:
             for n, s in suites.items()
         ],
     )
+    bars = [
+        {"suite": n, **b}
+        for n, st in suites.items()
+        if st.get("result")
+        for b in bars_of(n, st["result"])
+    ]
+    summary["bars"] = bars
+    (out / "all.json").write_text(json.dumps(summary, indent=1))
+    if bars:
+        print("\n=== the issue's bars, as measured in this run")
+        print_table(
+            ("suite", "bar", "measured", "target", "ok"),
+            [
+                (
+                    b["suite"],
+                    b["bar"],
+                    f"{b['value']:,.3f}",
+                    b["target"],
+                    "yes" if b["ok"] else "NO",
+                )
+                for b in bars
+            ],
+        )
     for name, path in charts.items():
         print(f"chart {name}: {path}")
     print(

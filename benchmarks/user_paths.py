@@ -281,6 +281,32 @@ def word_count_cases(out: dict[str, float], repeats: int) -> None:
     timed("wordcount: words keyed by word, reduce(add) (incl. start)", shard_words)
 
 
+def word_count_bars(out: dict[str, float]) -> list[dict[str, Any]]:
+    """The issue's word count bars, when the ``wordcount`` case ran."""
+    words = out.get("wordcount: words")
+    if not words:
+        return []
+    keyed = words / out["wordcount: words keyed by word, reduce(add) (incl. start)"]
+    files = min(
+        out["wordcount: files, map_unordered + merge (incl. start)"],
+        out["wordcount: Shard reads files, reduce(add) (incl. start)"],
+    )
+    return [
+        {
+            "bar": "words keyed by word, end to end (read, split, start, map, reduce)",
+            "value": keyed,
+            "target": ">= 1.5e6 words/s",
+            "ok": keyed >= 1.5e6,
+        },
+        {
+            "bar": "file-based word count, end to end incl. pool start (the faster way)",
+            "value": files,
+            "target": "<= 1.35 s",
+            "ok": files <= 1.35,
+        },
+    ]
+
+
 def compare(before_path: str, after_path: str) -> None:
     before = json.loads(Path(before_path).read_text())["results"]
     after = json.loads(Path(after_path).read_text())["results"]
@@ -309,6 +335,7 @@ def main() -> None:
     results = run_cases(only, args.repeats)
     doc = {
         "label": args.label,
+        "bars": word_count_bars(results),
         "shardyard": str(Path(shardyard.__file__).parent.parent.name),
         "loadavg": list(os.getloadavg()),
         "results": results,

@@ -79,7 +79,7 @@ def test_parser_defaults_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["demo"])
     assert (args.strategy, args.batch_size, args.baseline, args.json) == ("jump", 8, True, False)
     assert args.actors is None and args.shards is None and args.limit is None
-    assert set(COMMANDS) == {"demo", "cluster", "submit", "run"}
+    assert set(COMMANDS) == {"demo", "cluster", "submit", "run", "bench"}
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0

@@ -170,7 +170,9 @@ def test_an_interrupted_for_loop_over_map_unordered_leaves_nothing_queued(
 ) -> None:
     assert (
         kernel.run(
-            "upool = ShardPool(lambda x: time.sleep(0.01) or x, num_actors=2)\nupool.start();"
+            # One item at a time per actor: 20,000 items take long enough to interrupt.
+            "upool = ShardPool(lambda x: time.sleep(0.01) or x, num_actors=2, max_concurrency=1)"
+            "\nupool.start();"
         ).error
         is None
     )
@@ -195,7 +197,9 @@ def test_an_interrupted_for_loop_over_map_unordered_leaves_nothing_queued(
 def test_the_progress_bar_is_one_widget(kernel: Kernel) -> None:
     assert (
         kernel.run(
-            "wpool = ShardPool(lambda x: time.sleep(0.005) or x, num_actors=2)\nwpool.start();"
+            # One item at a time per actor: 1,000 items last more than a second.
+            "wpool = ShardPool(lambda x: time.sleep(0.005) or x, num_actors=2, max_concurrency=1)"
+            "\nwpool.start();"
         ).error
         is None
     )
