@@ -27,6 +27,8 @@ from __future__ import annotations
 import pickle
 import traceback
 from dataclasses import dataclass
+from itertools import repeat
+from operator import is_not
 from typing import Any, NamedTuple
 
 from ray import cloudpickle
@@ -45,6 +47,7 @@ __all__ = [
     "ItemFailure",
     "Stale",
     "WireBatch",
+    "all_none",
 ]
 
 # Batch kinds.
@@ -120,6 +123,17 @@ class _Rebuilt(NamedTuple):
 # KeyboardInterrupt too: escaping, they would end the actor's event loop thread and leave
 # every later call unanswered. (asyncio.CancelledError is the loop's own and passes.)
 USER_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def all_none(values: list[Any]) -> bool:
+    """Whether every output is ``None`` (by identity, in C: an output whose ``==`` returns an
+    array, as numpy's does, is never compared).
+
+    Example:
+        >>> all_none([None, None]), all_none([None, 0]), all_none([])
+        (True, False, True)
+    """
+    return not any(map(is_not, values, repeat(None)))
 
 
 class WireBatch(NamedTuple):

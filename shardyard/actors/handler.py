@@ -26,7 +26,7 @@ from ray import cloudpickle
 
 from shardyard.actors.concurrency import Runner, run_items
 from shardyard.actors.shard import Shard
-from shardyard.protocol import USER_ERRORS, ItemFailure
+from shardyard.protocol import USER_ERRORS, ItemFailure, all_none
 
 __all__ = [
     "BATCH_FORMATS",
@@ -121,6 +121,8 @@ def ensure_picklable(outputs: Outputs, failures: list[ItemFailure]) -> BatchResu
     """
     if isinstance(outputs, np.ndarray) and outputs.dtype != object:
         return outputs, failures
+    if isinstance(outputs, list) and all_none(outputs):
+        return outputs, failures  # a Shard's process_item that returns nothing
     try:
         cloudpickle.dumps(outputs)
         return outputs, failures

@@ -47,7 +47,7 @@ from shardyard.errors import (
     UnsupportedKeyError,
 )
 from shardyard.notebook import current_cell, in_jupyter_kernel
-from shardyard.protocol import ItemFailure
+from shardyard.protocol import ItemFailure, all_none
 from shardyard.scheduler import lifecycle
 from shardyard.scheduler.autoscale import Autoscaler
 from shardyard.scheduler.core import Core, kill_quietly
@@ -1575,6 +1575,8 @@ def _assemble(sink: MapSink, numpy_in: bool, return_exceptions: bool) -> Any:
     result = np.empty(n, dtype=object)
     for positions, outputs in pieces:
         values = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
+        if all_none(values):  # the result starts as None: nothing to do
+            continue
         result[positions] = np.fromiter(values, dtype=object, count=len(positions))
     for pos, exc in sink.errors:
         result[pos] = exc
@@ -1591,14 +1593,14 @@ def _tree_combine(
     """Combine the values ``holders`` keep under ``rid`` pairwise, actor to actor.
 
     Each round, every second actor gives its value (a return in the object store) to its
-    left neighbour, which absorbs it (Ray fetches it into that process): ``log2(actors)``
-    rounds, no value through the driver but the last. Every call is sent at once; each
-    ``give`` and ``absorb`` names its actor's previous ``absorb`` as ``after``, which Ray
-    resolves first (an async actor runs calls as their arguments become ready).
+    left neighbour, which absorbs it (Ray fetches it into that process), until two are
+    left: ``log2(actors) - 1`` rounds; the driver combines those two. Every call is sent at
+    once; each ``give`` and ``absorb`` names its actor's previous ``absorb`` as ``after``,
+    which Ray resolves first (an async actor runs calls as their arguments become ready).
     """
     acks: dict[int, Any] = {}  # holder position -> its last absorb's reply
     live = list(range(len(holders)))
-    while len(live) > 1:
+    while len(live) > 2:
         nxt = []
         for i in range(0, len(live) - 1, 2):
             recv, send = live[i], live[i + 1]
@@ -1608,8 +1610,11 @@ def _tree_combine(
         if len(live) % 2:
             nxt.append(live[-1])
         live = nxt
-    root = live[0]
-    return ray.get(holders[root].give.remote(rid, acks.get(root)), timeout=timeout)
+    # The last two values come to the driver, which combines them: it must load the
+    # result anyway, and two halves cost no more to load than the whole, so this saves
+    # moving one half between actors.
+    values = ray.get([holders[h].give.remote(rid, acks.get(h)) for h in live], timeout=timeout)
+    return values[0] if len(values) == 1 else combine(values[0], values[1])
 
 
 def _check_fits(num_actors: int, cpus_per_actor: float | None) -> None:
