@@ -140,7 +140,9 @@ class WireBatch(NamedTuple):
     """One shard's batch on its way to the actor.
 
     ``pickled``: return each output pickled on its own (bytes), so an output the driver
-    cannot unpickle fails alone instead of failing the whole reply.
+    cannot unpickle fails alone instead of failing the whole reply. ``keyless``: no item
+    has a key, so a stateless handler may run them concurrently (keyed items run one after
+    another, in order, within their shard).
     """
 
     shard_id: int
@@ -149,6 +151,7 @@ class WireBatch(NamedTuple):
     kind: int
     items: Any  # a list or numpy array; unused for a barrier
     pickled: bool
+    keyless: bool = False
 
 
 class BatchReply(NamedTuple):

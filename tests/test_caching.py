@@ -251,3 +251,11 @@ def test_a_shards_own_shared_attribute_is_kept_and_the_pools_is_never_snapshotte
 def test_docstring_examples_run(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_memo_tells_apart_items_that_compare_equal(ray_local: Any) -> None:
+    items = [0.0, -0.0, (1,), (1.0,), (True,), frozenset([1.0]), frozenset([1]), 1, 1.0, True]
+    with ShardPool(repr, num_actors=1, num_shards=1, memo_size=64) as pool:
+        assert pool.map(items + items) == [repr(x) for x in items + items]
+        stats = pool.stats()
+        assert (stats.memo_misses, stats.memo_hits) == (len(items), len(items))

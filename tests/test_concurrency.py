@@ -462,3 +462,72 @@ def test_max_concurrency_is_validated_by_name() -> None:
         assert info.value.errors()[0]["loc"] == ("max_concurrency",)
     with pytest.raises(pydantic.ValidationError, match="max_concurrency"):
         ShardPool(lambda x: x, max_concurrency=0)
+
+
+# --- found by review: timeouts inside async handlers, per-key order of keyed functions --------
+
+
+class _TimedShard(Shard):
+    def setup(self, shard_id: int) -> None:
+        self.seen: dict[str, int] = defaultdict(int)
+
+    async def process_item(self, x: int) -> tuple[str, int]:
+        try:
+            async with asyncio.timeout(0.2):
+                await asyncio.sleep(2.0 if x % 5 == 0 else 0.01)
+            outcome = "ok"
+        except TimeoutError:
+            outcome = "timeout"
+        self.seen[outcome] += 1
+        return outcome, x
+
+    def result(self) -> dict[str, int]:
+        return dict(self.seen)
+
+
+async def _timed(x: int) -> str:
+    try:
+        async with asyncio.timeout(0.2):
+            await asyncio.sleep(2.0 if x % 5 == 0 else 0.01)
+        return "ok"
+    except TimeoutError:
+        return "timeout"
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_an_asyncio_timeout_in_a_handler_ends_only_its_item(ray_local: Any, keyed: bool) -> None:
+    n = 100
+    keys = list(range(n)) if keyed else None
+    expected = ["timeout" if x % 5 == 0 else "ok" for x in range(n)]
+    with ShardPool(_timed, num_actors=1, num_shards=8) as pool:
+        assert pool.map(range(n), keys=keys, timeout=120) == expected
+    with ShardPool(_TimedShard, num_actors=1, num_shards=8) as pool:
+        out = pool.map(range(n), keys=list(range(n)), timeout=120)
+        assert [o for o, _ in out] == expected
+        totals: dict[str, int] = defaultdict(int)
+        for part in pool.results().values():
+            for k, v in part.items():
+                totals[k] += v
+        assert dict(totals) == {"ok": 80, "timeout": 20}  # each item applied once
+
+
+def _append_in_order(tmp: str, key_and_seq: tuple[int, int]) -> int:
+    key, seq = key_and_seq
+    time.sleep(0.002)  # blocks: the runner moves it to threads
+    with open(os.path.join(tmp, f"{key}.log"), "a") as f:
+        f.write(f"{seq}\n")
+    return seq
+
+
+def test_a_keyed_blocking_function_sees_each_keys_items_in_order(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    import functools
+
+    items = [(i % 8, i) for i in range(800)]
+    fn = functools.partial(_append_in_order, str(tmp_path))
+    with ShardPool(fn, num_actors=2, num_shards=4) as pool:
+        assert pool.map(items, keys=[k for k, _ in items], timeout=120) == list(range(800))
+    for key in range(8):
+        seqs = [int(s) for s in (tmp_path / f"{key}.log").read_text().split()]
+        assert seqs == [i for k, i in items if k == key]

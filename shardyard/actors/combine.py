@@ -47,18 +47,25 @@ def combine_all(parts: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any
     acc = private_copy(parts[0])
     if len(parts) == 1:
         return acc
-    out = combine(acc, parts[1])
+    live = {id(p) for p in parts}
+
+    def owned(value: Any) -> Any:
+        # A combine may hand back one of its arguments (``b if not a else ...``): a live
+        # partial then becomes the accumulator, so it is copied before anything updates it.
+        return private_copy(value) if id(value) in live else value
+
+    out = owned(combine(acc, parts[1]))
     rest = list(parts[2:])
     if out is acc:  # in place: fold the rest into the private accumulator
         for part in rest:
-            out = combine(out, part)
+            out = owned(combine(out, part))
         return out
     # A new value each time: a balanced tree, whose combines only see fresh values and
     # partials (never changed: combine returns new values). Order is kept (associativity).
     level = [out, *rest]
     while len(level) > 1:
-        nxt = [combine(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [owned(combine(level[i], level[i + 1])) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
-    return level[0]
+    return owned(level[0])

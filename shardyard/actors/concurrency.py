@@ -23,22 +23,20 @@ bounded pool of ``max_concurrency`` daemon threads (started lazily):
   runs on the loop, one at a time, as before there were threads: the choice for a handler
   whose objects must stay in the thread that made them (a ``sqlite3`` connection).
 * Off the loop, the batches of different shards run in parallel; a shard's batches still
-  run one after another in sequence order (``ShardActor._run_one``). The items of one
-  batch of a stateless plain per-item function fan out over up to ``max_concurrency``
-  threads (outputs in position order, failures per item); a ``Shard``'s ``process_item``
-  runs its batch's items one after another in one thread (its state is never touched by
-  two threads at once).
+  run one after another in sequence order (``ShardActor._run_one``). The keyless items of
+  one batch of a stateless plain per-item function fan out over up to ``max_concurrency``
+  threads (outputs in position order, failures per item); keyed items, and a ``Shard``'s
+  ``process_item``, run their batch's items one after another in one thread (the order per
+  key is kept; a shard's state is never touched by two threads at once).
 
 A fast CPU-bound handler therefore never leaves the loop, and pays four clock reads per
 batch (one ``perf_counter`` per stretch besides).
 
-**Async per-item plain functions** run the items of a batch concurrently, at most
-``max_concurrency`` suspended at once per actor. Each item's coroutine is stepped eagerly
-on the loop (as Python 3.12's eager tasks do): one that finishes without suspending costs
-no task, so a fast ``async def`` stays about as cheap as awaiting it; one that suspends
-becomes a task holding one of the actor's permits until it finishes. An async
-``Shard.process_item`` awaits its items one after another (each under a permit), and an
-async whole-batch call holds one permit.
+**Async per-item plain functions** run the keyless items of a batch concurrently, at most
+``max_concurrency`` at once per actor, each as a task of its own (a handler's
+``asyncio.timeout`` cancels the task it started in). Keyed items, and an async
+``Shard.process_item``'s, are awaited one after another (each under a permit), so their
+order per key is kept; an async whole-batch call holds one permit.
 
 Example:
     >>> import asyncio, time
@@ -56,8 +54,7 @@ import itertools
 import queue
 import threading
 import time
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from shardyard.protocol import USER_ERRORS, ItemFailure
@@ -228,28 +225,6 @@ def _timed_call(fn: Callable[[], T]) -> tuple[float, T]:
     return time.perf_counter() - t0, out
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
-    """Run ``coro`` on from its first suspension (it yielded ``yielded``), as a task would:
-    each future it yields goes up to the task, each result or exception comes back down."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # thrown in by the task (a cancel), passed down
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
 class Runner:
     """Where one actor runs its handler's calls (see the module docstring).
 
@@ -393,42 +368,28 @@ class Runner:
                     except USER_ERRORS as exc:
                         failures.append(ItemFailure.capture(pos, exc))
             return out, failures
+        # A task per item, each holding a permit: never a coroutine stepped by hand, since
+        # a handler's asyncio.timeout cancels the task it started in, which must be its own.
         tasks: list[asyncio.Future[None]] = []
         for pos, x in enumerate(items):
-            held = permits.locked()
-            if held:  # as many items are suspended as allowed: wait for one to finish
-                await permits.acquire()
+            await permits.acquire()
             try:
                 coro = fn(x)
-                yielded = coro.send(None)  # type: ignore[attr-defined]
-            except StopIteration as stop:  # finished without suspending: no task needed
-                out[pos] = stop.value
-                if held:
-                    permits.release()
-                continue
-            except USER_ERRORS as exc:
+            except USER_ERRORS as exc:  # a plain function that raised before any await
+                permits.release()
                 failures.append(ItemFailure.capture(pos, exc))
-                if held:
-                    permits.release()
                 continue
-            if not held:
-                await permits.acquire()  # free (nothing ran since locked()): returns at once
-            tasks.append(asyncio.ensure_future(self._finish(coro, yielded, pos, out, failures)))
+            tasks.append(asyncio.ensure_future(self._one(coro, pos, out, failures)))
         if tasks:
             await asyncio.gather(*tasks)
             failures.sort(key=lambda f: f.position)
         return out, failures
 
-    async def _finish(
-        self,
-        coro: Any,
-        yielded: Any,
-        pos: int,
-        out: list[Any],
-        failures: list[ItemFailure],
+    async def _one(
+        self, coro: Awaitable[Any], pos: int, out: list[Any], failures: list[ItemFailure]
     ) -> None:
         try:
-            out[pos] = await _resume(coro, yielded)
+            out[pos] = await coro
         except USER_ERRORS as exc:
             failures.append(ItemFailure.capture(pos, exc))
         finally:

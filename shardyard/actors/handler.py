@@ -179,6 +179,7 @@ async def run_batch(
     batch: Any,
     batch_format: str = "input",
     runner: Runner | None = None,
+    concurrent_items: bool = False,
 ) -> BatchResult:
     """Run ``handler`` on ``batch``; never raises for the user's errors.
 
@@ -191,6 +192,9 @@ async def run_batch(
         runner: the actor's :class:`~shardyard.actors.concurrency.Runner`, which runs
             blocking handlers in threads and the items of a stateless per-item function
             concurrently; ``None`` runs everything here, one call after another.
+        concurrent_items: the items are keyless, so a stateless per-item function may run
+            them at the same time; keyed items run one after another (their order per key
+            is kept, as a ``Shard``'s always is).
 
     Returns:
         ``(outputs, failures)``: one output per item (``None`` where it failed) and the
@@ -198,7 +202,9 @@ async def run_batch(
     """
     n = len(batch)
     if runner is not None:
-        return await _run_batch_with(runner, handler, batched, batch, batch_format)
+        return await _run_batch_with(
+            runner, handler, batched, batch, batch_format, concurrent_items
+        )
     try:
         if isinstance(handler, Shard):
             if type(handler).process is Shard.process:
@@ -228,10 +234,12 @@ async def _run_batch_with(
     batched: bool,
     batch: Any,
     batch_format: str,
+    concurrent_items: bool,
 ) -> BatchResult:
     """:func:`run_batch` through ``runner``: the same calls, each where the runner says.
 
-    A ``Shard``'s items never overlap (its state); a stateless per-item function's may.
+    A ``Shard``'s items never overlap (its state); a stateless per-item function's keyless
+    items may (``concurrent_items``), its keyed ones keep their order.
     """
     n = len(batch)
     try:
@@ -254,11 +262,11 @@ async def _run_batch_with(
             if batched:
                 out = await runner.bounded(handler(format_batch(batch, batch_format)))
                 return _check_length(out, n, "batched handler"), []
-            return await runner.per_item_async(handler, _as_items(batch))
+            return await runner.per_item_async(handler, _as_items(batch), concurrent_items)
         if batched:
             fn = handler
             return await runner.call(lambda: _batched(fn, format_batch(batch, batch_format)))
-        return await runner.per_item(handler, _as_items(batch))
+        return await runner.per_item(handler, _as_items(batch), concurrent_items)
     except USER_ERRORS as exc:
         return _whole_batch_failed(n, exc)
 

@@ -4,8 +4,9 @@ Each shard hosted on an actor gets its own :class:`Memo`, applied by
 ``ShardActor._new_instance`` (not by ``run_batch``): the wrapper :func:`memoize` returns
 stands in for the user's function, so whatever runs the function runs the wrapper.
 
-* Keyed by the item (and its type, so ``1`` and ``1.0`` stay apart); an item that cannot
-  be hashed (a list, an array) runs without the memo and counts as ``uncached``.
+* Keyed by the item (and its type, so ``1`` and ``1.0`` stay apart, also inside tuples,
+  and a float's sign: see :func:`memo_key`); an item that cannot be hashed (a list, an
+  array) runs without the memo and counts as ``uncached``.
 * Only returned values are kept: an item whose call raised runs again the next time.
 * One call per key at a time: the actor runs a blocking function's items on threads and an
   ``async def`` function's items concurrently, so a repeated key often arrives while its
@@ -36,15 +37,42 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Memo", "memo_of", "memoize"]
+__all__ = ["Memo", "memo_key", "memo_of", "memoize"]
 
 _MISSING: Any = object()  # "not in the table" (None is a valid output)
 _UNHASHABLE: Any = object()  # the key of an item that cannot be hashed
+_UNHASHABLE_INSIDE: Any = object()  # a tuple or frozenset holding an unhashable item
+
+
+def memo_key(item: Any) -> Any:
+    """The memo's key of ``item``: equal only for items no pure function can tell apart.
+
+    Python's ``==`` calls ``1``, ``1.0`` and ``True`` equal, and ``0.0`` and ``-0.0``;
+    ``repr`` and ``math.copysign`` do not. So the key carries each value's type, a float's
+    sign, and goes inside tuples and frozensets.
+
+    Example:
+        >>> memo_key(0.0) == memo_key(-0.0), memo_key((1,)) == memo_key((1.0,))
+        (False, False)
+        >>> memo_key(("a", 2)) == memo_key(("a", 2))
+        True
+    """
+    t = type(item)
+    if t is float:
+        return (t, item, math.copysign(1.0, item))
+    if t is tuple:
+        return (t, tuple(memo_key(x) for x in item))
+    if t is frozenset:
+        return (t, frozenset(memo_key(x) for x in item))
+    return (t, item)
+
+
 _RAISED: Any = object()  # the outcome of a call that raised, for its waiters
 _ATTR = "_shardyard_memo"  # the wrapper's attribute holding its Memo
 
@@ -96,9 +124,14 @@ class Memo:
         call of the same key in progress to wait for (see :meth:`waited`), or ``None``:
         the caller runs the function and reports with :meth:`done` or :meth:`failed`.
         """
-        key = (type(item), item)
+        try:
+            key = memo_key(item)
+        except TypeError:  # unhashable inside a tuple
+            key = _UNHASHABLE_INSIDE
         with self._lock:
             try:
+                if key is _UNHASHABLE_INSIDE:
+                    raise TypeError("unhashable")
                 value = self._table.get(key, _MISSING)
             except TypeError:  # unhashable
                 self.uncached += 1

@@ -76,7 +76,9 @@ class Shard:
         The default calls :meth:`process_item` on each item. May be ``async def``.
 
         Args:
-            batch: a numpy array for numeric input, a list otherwise.
+            batch: the items in the type they came in (a list for a list, an iterator or
+                ``submit``s; a numpy array for an array), or as ``PoolConfig.batch_format``
+                asks; a list when one batch joins items of different sources.
 
         Returns:
             One output per item (returned by ``map`` and the futures), or ``None`` when the

@@ -27,7 +27,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +36,7 @@ import ray
 from ray import cloudpickle
 
 from shardyard.actors.combine import combine_all
-from shardyard.actors.concurrency import Runner, _resume
+from shardyard.actors.concurrency import Runner
 from shardyard.actors.handler import ensure_picklable, pickle_each, run_batch
 from shardyard.actors.memo import memo_of, memoize
 from shardyard.actors.shard import Shard
@@ -125,6 +125,7 @@ class ShardActor:
         self._shards: dict[int, _HostedShard] = {}  # shard id -> its instance and counters
         self._started = time.time()
         self._reduced: dict[str, Any] = {}  # reduce id -> this actor's combined value
+        self._dropped: deque[str] = deque(maxlen=64)  # reduce ids abandoned (see drop)
         self._runner = Runner(max_concurrency)  # where handler calls run (loop, threads)
         self._readers = asyncio.Lock()  # one _between_batches at a time (no lock-order cycle)
 
@@ -136,23 +137,10 @@ class ShardActor:
         if len(batches) == 1:
             reply = await self._run_one(batches[0])
             return CallReply(self._incarnation, [reply], time.perf_counter() - t0)
-        # Each batch starts in turn and goes as far as it can at once. Most finish without
-        # suspending (their turn has come and the handler computes on the loop) and cost
-        # no task; one that suspends (waiting for its turn, a thread, I/O) goes on as a
-        # task while the next ones start, as with one task per batch.
-        results: list[Any] = [None] * len(batches)
-        tasks = []
-        for i, wb in enumerate(batches):
-            coro = self._run_one(wb)
-            try:
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                results[i] = stop.value
-                continue
-            tasks.append(asyncio.ensure_future(_finish(coro, yielded, results, i)))
-        if tasks:
-            await asyncio.gather(*tasks)
-        return CallReply(self._incarnation, results, time.perf_counter() - t0)
+        # A task per batch, never a coroutine stepped by hand: a handler's asyncio.timeout
+        # (or aiohttp's, anyio's) cancels the task it started in, which must be its own.
+        results = await asyncio.gather(*(self._run_one(b) for b in batches))
+        return CallReply(self._incarnation, list(results), time.perf_counter() - t0)
 
     async def _run_one(self, b: WireBatch) -> BatchReply | BarrierReply | Stale:
         hosted = self._shards.get(b.shard_id)
@@ -187,7 +175,12 @@ class ShardActor:
         else:
             start = time.perf_counter()
             outputs, failures = await run_batch(
-                hosted.instance, self._batched, b.items, self._batch_format, self._runner
+                hosted.instance,
+                self._batched,
+                b.items,
+                self._batch_format,
+                self._runner,
+                concurrent_items=b.keyless,
             )
             if b.kind == REPLAY:
                 # Re-applied after a restore: the outputs were delivered the first time.
@@ -389,7 +382,8 @@ class ShardActor:
             acc = combine_all(parts, combine)
         if rid is None:
             return self._incarnation, gens, acc
-        self._reduced[rid] = acc
+        if rid not in self._dropped:  # abandoned while it waited for a batch: not kept
+            self._reduced[rid] = acc
         return self._incarnation, gens, None
 
     async def give(self, rid: str, after: Any = None) -> Any:
@@ -403,12 +397,18 @@ class ShardActor:
         """Combine another actor's value (resolved by Ray from the object store) into the
         one kept under ``rid``; returns the incarnation. ``after``: as for :meth:`give`
         (an async actor runs calls in the order their arguments are ready, not as sent)."""
-        self._reduced[rid] = combine(self._reduced[rid], other)
+        mine = self._reduced.get(rid)
+        if mine is None:  # dropped meanwhile (the driver gave up on this reduce)
+            raise KeyError(f"reduce {rid} was abandoned")
+        combined = combine(mine, other)
+        if rid in self._reduced:
+            self._reduced[rid] = combined
         return self._incarnation
 
     async def drop(self, rid: str) -> None:
         """Forget the value kept under ``rid`` (a reduce that was abandoned). On the work
         loop, so it comes after the driver's earlier ``give``/``absorb`` calls."""
+        self._dropped.append(rid)
         self._reduced.pop(rid, None)
 
     @ray.method(concurrency_group=CONTROL_GROUP)
@@ -447,11 +447,6 @@ def _memo_counters(instance: Any) -> dict[str, int] | None:
     """The hit and miss counters of a shard's memo (``None`` without one)."""
     memo = memo_of(instance)
     return None if memo is None else memo.counters()
-
-
-async def _finish(coro: Any, yielded: Any, results: list[Any], i: int) -> None:
-    """Run on a batch's coroutine from its first suspension; its reply goes to ``results``."""
-    results[i] = await _resume(coro, yielded)
 
 
 def _freeze(instance: Any) -> bytes | None:

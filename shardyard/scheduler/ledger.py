@@ -107,7 +107,10 @@ class Batch:
         return 0 if self.payload is None else len(self.payload)
 
     def wire(self) -> WireBatch:
-        return WireBatch(self.shard_id, self.gen, self.seq, self.kind, self.payload, self.pickled)
+        keyless = all(s.keys is None for s in self.segments)
+        return WireBatch(
+            self.shard_id, self.gen, self.seq, self.kind, self.payload, self.pickled, keyless
+        )
 
     def split(self, pieces: int) -> list[Batch]:
         """This batch's items in up to ``pieces`` consecutive batches (same kind).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import threading
@@ -842,6 +843,9 @@ class ShardPool:
                 chunk.extend(itertools.islice(item_it, size))
             except Exception as exc:
                 failed = exc  # the items read before it are in chunk
+            except KeyboardInterrupt as stop:
+                stop.read_not_sent = len(chunk)  # type: ignore[attr-defined]
+                raise
             if not chunk and failed is None:  # the end of the items
                 try:
                     extra = key_it is not None and next(key_it, _END) is not _END
@@ -857,7 +861,8 @@ class ShardPool:
                 chunk_keys = []
                 try:
                     if key_fn is not None:
-                        chunk_keys.extend(map(key_fn, chunk))
+                        with _counting_unsent(len(chunk)):
+                            chunk_keys.extend(map(key_fn, chunk))
                     else:
                         chunk_keys.extend(itertools.islice(key_it, len(chunk)))  # type: ignore[arg-type]
                         if len(chunk_keys) != len(chunk):
@@ -958,6 +963,7 @@ class ShardPool:
         chunks = self._chunks(items, keys)
         total = _length(items)
         base = 0
+        read_not_sent = 0  # items read from the input when a Ctrl-C came, never sent
         exhausted = False
         failure: _InputFailed | None = None
         guard = SigintGuard()
@@ -981,8 +987,9 @@ class ShardPool:
                         # Read no further, but let what was handed over finish (below).
                         failure, exhausted = exc, True
                         break
-                    except KeyboardInterrupt:
+                    except KeyboardInterrupt as stop:
                         guard.requested = True  # in the input: handled as a deferred one
+                        read_not_sent = getattr(stop, "read_not_sent", 0)
                         break
                 if keep:
                     # Wake up now and then so a progress bar moves and Ctrl-C is seen.
@@ -992,7 +999,7 @@ class ShardPool:
                         if exhausted:
                             yield sink, [], []
                     if guard.requested:
-                        _interrupt(core, sink, guard, total)
+                        _interrupt(core, sink, guard, total, read_not_sent=read_not_sent)
                     yield sink, [], []
                     if exhausted:
                         break
@@ -1001,7 +1008,7 @@ class ShardPool:
                 while not (pieces or errors or sink.all_done() or guard.requested):
                     pieces, errors = sink.take(block=True, timeout=0.1)
                 if guard.requested:
-                    _interrupt(core, sink, guard, total, pieces)
+                    _interrupt(core, sink, guard, total, pieces, read_not_sent=read_not_sent)
                 guard.exit()  # the consumer's code runs with the usual Ctrl-C
                 yield sink, pieces, errors
                 guard.enter()
@@ -1227,11 +1234,12 @@ class ShardPool:
         reaches the driver. Raises as :meth:`results` does.
 
         Args:
-            combine: an associative function of two partials, e.g. ``operator.add``. It may
-                update its first argument and return it (``a.update(b); return a``: the
-                cheapest for dicts and Counters) or return a new value; it must not change
-                its second argument. Partials are never changed: the first argument is
-                always a private copy or a value made by ``combine``.
+            combine: an associative and commutative function of two partials, e.g.
+                ``operator.add`` (partials meet in no fixed shard order). It may update its
+                first argument and return it (``a.update(b); return a``: the cheapest for
+                dicts and Counters) or return a new value; it must not change its second
+                argument. Partials are never changed: the first argument is always a
+                private copy or a value made by ``combine``.
             timeout: seconds to wait at most (``TimeoutError`` after).
 
         Example:
@@ -1672,6 +1680,7 @@ def _interrupt(
     total: int | None,
     taken: list[tuple[np.ndarray, Any]] | None = None,
     wait_s: float = 5.0,
+    read_not_sent: int = 0,
 ) -> None:
     """Ctrl-C: cancel the call's unsent items, wait for those in flight, raise ``Interrupted``.
 
@@ -1685,11 +1694,14 @@ def _interrupt(
     sink.wait_all(timeout=wait_s)
     running = sink.submitted - sink.finished
     ran = sink.finished - sink.cancelled
-    unread = (
-        f", and {total - sink.submitted} not yet read were skipped"
-        if total is not None and total > sink.submitted
-        else ""
-    )
+    # Items read from the input but not yet handed over when Ctrl-C came (a partly read
+    # chunk): not run, and counted here, as the unread are.
+    if total is not None and total > sink.submitted:
+        unread = f", and {total - sink.submitted} not yet read were skipped"
+    elif read_not_sent:
+        unread = f", and {read_not_sent} read from the input but not yet sent were dropped"
+    else:
+        unread = ""
     tail = (
         f"; {running} sent items were still running after {wait_s:g} s and will finish"
         if running
@@ -1704,6 +1716,16 @@ def _interrupt(
         pieces = list(taken or []) + sink.take(block=False)[0]
         stop.partial = [v for _, out in pieces for v in _values(out)]
     raise stop
+
+
+@contextlib.contextmanager
+def _counting_unsent(n: int) -> Iterator[None]:
+    """A Ctrl-C inside carries how many items were read but will not be sent (``n``)."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        stop.read_not_sent = n  # type: ignore[attr-defined]
+        raise
 
 
 def _keyboard_interrupt(stop: Interrupted) -> KeyboardInterrupt:

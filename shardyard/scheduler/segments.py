@@ -111,13 +111,16 @@ class Segment:
 def concat_items(segments: Sequence[Segment]) -> Any:
     """One batch payload from consecutive segments of one shard.
 
-    All-numpy segments of one dtype are concatenated into one array (zero-copy through
-    Ray's object store); anything else becomes a list.
+    All-numpy segments of one dtype and row shape are concatenated into one array
+    (zero-copy through Ray's object store); anything else becomes a list.
     """
     if len(segments) == 1:
         return segments[0].items
     parts = [s.items for s in segments]
-    if all(isinstance(p, np.ndarray) for p in parts) and len({p.dtype for p in parts}) == 1:
+    if (
+        all(isinstance(p, np.ndarray) for p in parts)
+        and len({(p.dtype, p.shape[1:]) for p in parts}) == 1
+    ):
         return np.concatenate(parts)
     out: list[Any] = []
     for p in parts:
