@@ -34,6 +34,9 @@ also printed as a table) and the charts ``throughput_vs_batch.png``, ``latency_v
 ``cpu_speedup.png`` (plus the peers' ``wordcount_engines.png``); prints a summary and one
 JSON line last.
 
+With ``--only``, ``all.json`` keeps the other suites' results of the last run (marked
+``earlier_run``), so the bars table covers every suite.
+
 Run:
     python benchmarks/run.py [--quick] [--only peers,batch] [--out DIR]
 """
@@ -676,6 +679,13 @@ def main(argv: list[str] | None = None) -> None:
     load_before = loadavg()
     suites: dict[str, Any] = {}
     charts: dict[str, str] = {}
+    if args.only and (out / "all.json").exists():
+        # A partial run updates the suites it ran and keeps the others' last results.
+        earlier = json.loads((out / "all.json").read_text())
+        suites.update(
+            {n: {**st, "earlier_run": True} for n, st in earlier.get("suites", {}).items()}
+        )
+        charts.update(earlier.get("charts", {}))
     for name in selected:
         status = run_suite(name, args.quick, out, args.timeout)
         suites[name] = status

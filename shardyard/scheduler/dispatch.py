@@ -172,7 +172,12 @@ class Dispatch:
                 return calls, hold
             batches = [ledger.pop_outbox(s) for s in numbered]
             room = self._room(slot, now)
-            for sid in self._turns(slot):
+            turns = self._turns(slot)
+            # The room is shared out over the shards with items, not taken by the first
+            # ones: shards may run at the same time (a blocking or async handler), and a
+            # call that reaches every shard keeps them all busy.
+            share = -(-room // max(1, len(turns)))
+            for sid in turns:
                 if room <= 0:
                     break
                 # A shard with numbered batches gets no new one in this call: it would
@@ -184,7 +189,7 @@ class Dispatch:
                     and ledger.takes_new(sid)
                 ):
                     probe = _unproven(self.queues[sid][0].sink)
-                    batch = self._cut(sid, 1 if probe else room)
+                    batch = self._cut(sid, 1 if probe else min(room, share))
                     room = 0 if probe else room - batch.size
                     slot.last_served = sid
                     batches.append(batch)
