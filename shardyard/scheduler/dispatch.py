@@ -44,9 +44,10 @@ from typing import Any
 from shardyard.scheduler.ledger import Batch, Delivery, Ledger
 from shardyard.scheduler.segments import Segment, take_items
 
-__all__ = ["FIRST_CALL_ITEMS", "ActorSlot", "Dispatch"]
+__all__ = ["FIRST_CALL_ITEMS", "SPREAD_COST_S", "ActorSlot", "Dispatch"]
 
 FIRST_CALL_ITEMS = 16  # new items per call while an actor's cost per item is unknown
+SPREAD_COST_S = 1e-4  # items this slow share a call's room out over the shards
 
 
 @dataclass(slots=True)
@@ -173,10 +174,12 @@ class Dispatch:
             batches = [ledger.pop_outbox(s) for s in numbered]
             room = self._room(slot, now)
             turns = self._turns(slot)
-            # The room is shared out over the shards with items, not taken by the first
-            # ones: shards may run at the same time (a blocking or async handler), and a
-            # call that reaches every shard keeps them all busy.
-            share = -(-room // max(1, len(turns)))
+            # Slow items (a blocking or async handler, whose shards may run at the same
+            # time): the room is shared out over the shards with items, so a call reaches
+            # every shard and keeps them all busy. Fast items: taken shard by shard, in full
+            # batches (small batches over many shards would cost more than their items).
+            slow = slot.cost is not None and slot.cost >= SPREAD_COST_S
+            share = -(-room // max(1, len(turns))) if slow else room
             for sid in turns:
                 if room <= 0:
                     break
