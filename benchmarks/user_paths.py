@@ -103,32 +103,6 @@ def best(fn: Callable[[], Any], repeats: int) -> float:
     return out
 
 
-def _shard_classes() -> tuple[Any, Any]:
-    from shardyard import Shard
-
-    class WordCount(Shard):  # the README's example
-        def setup(self, shard_id: int) -> None:
-            self.counts: Counter[str] = Counter()
-
-        def process_item(self, word: str) -> None:
-            self.counts[word] += 1
-
-        def result(self) -> Counter[str]:
-            return self.counts
-
-    class FileWords(Shard):
-        def setup(self, shard_id: int) -> None:
-            self.counts: Counter[str] = Counter()
-
-        def process_item(self, path: str) -> None:
-            self.counts.update(read_words(path))
-
-        def result(self) -> Counter[str]:
-            return self.counts
-
-    return WordCount, FileWords
-
-
 def run_cases(only: list[str], repeats: int) -> dict[str, float]:
     import ray
 
@@ -235,9 +209,12 @@ def run_cases(only: list[str], repeats: int) -> dict[str, float]:
 
 
 def word_count_cases(out: dict[str, float], repeats: int) -> None:
+    import shardyard_peer  # the README's WordCount and a Shard reading files
+
     from shardyard import ShardPool
 
-    word_count, file_words = _shard_classes()
+    cloudpickle.register_pickle_by_value(shardyard_peer)
+    word_count, file_words = shardyard_peer.WordCount, shardyard_peer.FileWords
     paths = stdlib_files()
 
     def serial() -> Counter[str]:
@@ -280,9 +257,7 @@ def word_count_cases(out: dict[str, float], repeats: int) -> None:
             pool.map(words, keys=words)
             return pool.reduce(combine)  # type: ignore[no-any-return]
 
-    def merge(a: Counter[str], b: Counter[str]) -> Counter[str]:
-        a.update(b)
-        return a
+    merge = shardyard_peer.update_into  # a.update(b); return a
 
     timed("wordcount: serial Counter", serial)
     timed("wordcount: files, map_unordered + merge (incl. start)", files)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from ray import cloudpickle
 
-from shardyard.actors.concurrency import Runner, run_items
+from shardyard.actors.concurrency import Runner
 from shardyard.actors.shard import Shard
 from shardyard.protocol import USER_ERRORS, ItemFailure, all_none
 
@@ -66,15 +66,6 @@ def format_batch(batch: Any, batch_format: str) -> Any:
 def _as_items(batch: Any) -> list[Any]:
     # Per-item Python code is faster on Python scalars than on numpy scalars.
     return batch.tolist() if isinstance(batch, np.ndarray) else list(batch)
-
-
-def _per_item(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
-    # Exactly one call per item (see run_items), one after another.
-    items = _as_items(batch)
-    out: list[Any] = [None] * len(items)
-    failures: list[ItemFailure] = []
-    run_items(fn, items, 0, len(items), out, failures)
-    return out, failures
 
 
 def _check_length(out: Any, n: int, who: str) -> Outputs:
@@ -161,18 +152,6 @@ def pickle_each(
     return out, sorted([*failures, *extra], key=lambda f: f.position)
 
 
-async def _per_item_async(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
-    out: list[Any] = []
-    failures: list[ItemFailure] = []
-    for pos, x in enumerate(_as_items(batch)):
-        try:
-            out.append(await fn(x))
-        except USER_ERRORS as exc:
-            out.append(None)
-            failures.append(ItemFailure.capture(pos, exc))
-    return out, failures
-
-
 async def run_batch(
     handler: Callable[[Any], Any] | Shard,
     batched: bool,
@@ -191,7 +170,8 @@ async def run_batch(
             the items came: a list stays a list), ``"list"`` or ``"numpy"``.
         runner: the actor's :class:`~shardyard.actors.concurrency.Runner`, which runs
             blocking handlers in threads and the items of a stateless per-item function
-            concurrently; ``None`` runs everything here, one call after another.
+            concurrently; ``None``: a runner of ``max_concurrency=1``, which runs every
+            call here, one after another.
         concurrent_items: the items are keyless, so a stateless per-item function may run
             them at the same time; keyed items run one after another (their order per key
             is kept, as a ``Shard``'s always is).
@@ -200,32 +180,9 @@ async def run_batch(
         ``(outputs, failures)``: one output per item (``None`` where it failed) and the
         failures.
     """
-    n = len(batch)
-    if runner is not None:
-        return await _run_batch_with(
-            runner, handler, batched, batch, batch_format, concurrent_items
-        )
-    try:
-        if isinstance(handler, Shard):
-            if type(handler).process is Shard.process:
-                # Only process_item is overridden: isolate failures per item.
-                if inspect.iscoroutinefunction(handler.process_item):
-                    return await _per_item_async(handler.process_item, batch)
-                return _per_item(handler.process_item, batch)
-            out = handler.process(format_batch(batch, batch_format))
-            if inspect.isawaitable(out):
-                out = await out
-            return _check_length(out, n, f"{type(handler).__name__}.process"), []
-        if inspect.iscoroutinefunction(handler):
-            if batched:
-                out = await handler(format_batch(batch, batch_format))
-                return _check_length(out, n, "batched handler"), []
-            return await _per_item_async(handler, batch)
-        if batched:
-            return _batched(handler, format_batch(batch, batch_format))
-        return _per_item(handler, batch)
-    except USER_ERRORS as exc:
-        return _whole_batch_failed(n, exc)
+    if runner is None:
+        runner = Runner(max_concurrency=1)  # every call here, one after another
+    return await _run_batch_with(runner, handler, batched, batch, batch_format, concurrent_items)
 
 
 async def _run_batch_with(
