@@ -18,15 +18,18 @@ exception (when it pickles) and the formatted traceback.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
-import numpy as np
 from ray import cloudpickle
 
 from shardyard.actors.concurrency import Runner
 from shardyard.actors.shard import Shard
 from shardyard.protocol import USER_ERRORS, ItemFailure, all_none
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "BATCH_FORMATS",
@@ -43,35 +46,46 @@ __all__ = [
 BATCH_FORMATS = ("input", "list", "numpy")
 
 
-Outputs = list[Any] | np.ndarray
-BatchResult = tuple[Outputs, list[ItemFailure]]
+Outputs: TypeAlias = "list[Any] | np.ndarray"
+BatchResult: TypeAlias = "tuple[Outputs, list[ItemFailure]]"
+
+
+def _is_array(value: Any) -> TypeGuard[np.ndarray]:
+    # numpy is imported here only when a batch needs it: an actor whose items are plain
+    # Python values never loads it (tens of MB per process). Without numpy loaded, nothing
+    # can be an array.
+    np_ = sys.modules.get("numpy")
+    return np_ is not None and isinstance(value, np_.ndarray)
 
 
 def format_batch(batch: Any, batch_format: str) -> Any:
     """``batch`` as a batch handler asked for it (``batch_format``, see ``BATCH_FORMATS``).
 
     Example:
+        >>> import numpy as np
         >>> format_batch([1, 2], "input"), format_batch(np.arange(2), "list")
         ([1, 2], [0, 1])
         >>> format_batch([1, 2], "numpy").dtype.kind
         'i'
     """
     if batch_format == "list":
-        return batch.tolist() if isinstance(batch, np.ndarray) else batch
-    if batch_format == "numpy" and not isinstance(batch, np.ndarray):
+        return batch.tolist() if _is_array(batch) else batch
+    if batch_format == "numpy" and not _is_array(batch):
+        import numpy as np  # the handler asked for arrays: numpy is needed now
+
         return np.asarray(batch)
     return batch
 
 
 def _as_items(batch: Any) -> list[Any]:
     # Per-item Python code is faster on Python scalars than on numpy scalars.
-    return batch.tolist() if isinstance(batch, np.ndarray) else list(batch)
+    return batch.tolist() if _is_array(batch) else list(batch)
 
 
 def _check_length(out: Any, n: int, who: str) -> Outputs:
     if out is None:
         return [None] * n
-    if isinstance(out, np.ndarray):
+    if _is_array(out):
         if out.ndim == 0 or len(out) != n:
             raise ValueError(f"{who} returned an array of shape {out.shape} for {n} items")
         return out
@@ -110,7 +124,7 @@ def ensure_picklable(outputs: Outputs, failures: list[ItemFailure]) -> BatchResu
     Numeric arrays always pickle; lists and object arrays are checked, item by item only
     when the whole fails.
     """
-    if isinstance(outputs, np.ndarray) and outputs.dtype != object:
+    if _is_array(outputs) and outputs.dtype != object:
         return outputs, failures
     if isinstance(outputs, list) and all_none(outputs):
         return outputs, failures  # a Shard's process_item that returns nothing
@@ -139,7 +153,7 @@ def pickle_each(
     failed = {f.position for f in failures}
     out: list[Any] = []
     extra: list[ItemFailure] = []
-    for pos, value in enumerate(outputs.tolist() if isinstance(outputs, np.ndarray) else outputs):
+    for pos, value in enumerate(outputs.tolist() if _is_array(outputs) else outputs):
         if pos in failed:
             out.append(None)
             continue
