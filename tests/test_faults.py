@@ -541,3 +541,42 @@ def test_reduce_while_another_thread_maps() -> None:
             pool.reduce(operator.add, timeout=60)  # never reads state a batch is changing
         runner.join(timeout=120)
         assert pool.reduce(operator.add) == _expected(items)
+
+
+def _slow_double(x: int) -> int:
+    time.sleep(1.0)
+    return 2 * x
+
+
+def test_a_thread_waiting_in_result_sees_its_item_retried_after_a_kill() -> None:
+    # result() waits for the reply of its item's call in its own thread: when that call's
+    # actor dies, the item is resent, and the wait must end with the retried output.
+    with ShardPool(_slow_double, num_actors=1, num_shards=2) as pool:
+        assert pool.submit(1).result(timeout=60) == 2
+        pid = _pid(pool, 0)
+        fut = pool.submit(21)
+        killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        try:
+            assert fut.result(timeout=120) == 42
+        finally:
+            killer.cancel()
+        assert pool.stats().actors[0].restarts >= 1
+
+
+def test_threads_each_waiting_in_result_get_their_own_outputs() -> None:
+    # Each waiting thread may take its call's reply itself; every future still resolves
+    # once, with its own output, and a timeout still ends the wait.
+    with ShardPool(_slow_double, num_actors=2, num_shards=4) as pool:
+        outs: list[int] = []
+        threads = [
+            threading.Thread(target=lambda i=i: outs.append(pool.submit(i).result(timeout=60)))
+            for i in range(3, 9)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert sorted(outs) == [6, 8, 10, 12, 14, 16]
+        with pytest.raises(TimeoutError):
+            pool.submit(7).result(timeout=0.2)

@@ -62,3 +62,20 @@ def test_awaitable_pending_and_done() -> None:
         return await f
 
     assert asyncio.run(main()) == 7
+
+
+def test_waiters_and_callbacks_added_before_and_after_resolution() -> None:
+    # A future makes its waiter and callback lists on first use: wait, as_completed and
+    # callbacks added before or after it resolves all see it, each callback once.
+    cond = threading.Condition()
+    futures = [ShardFuture(condition=cond) for _ in range(3)]
+    seen: list[int] = []
+    futures[0].add_done_callback(lambda f: seen.append(f.result()))
+    timer = threading.Timer(0.2, resolve_many, (cond, futures, [1, 2, 3]))
+    timer.start()
+    done, pending = concurrent.futures.wait(futures, timeout=10)
+    assert len(done) == 3 and not pending
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == [1, 2, 3]
+    futures[1].add_done_callback(lambda f: seen.append(f.result()))
+    assert seen == [1, 2]
+    assert list(futures[2]._waiters) == [] and not futures[2]._done_callbacks

@@ -47,8 +47,10 @@ from ray import cloudpickle
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
+    GetTimeoutError,
     ObjectLostError,
     RayActorError,
+    RayError,
     RaySystemError,
     RayTaskError,
 )
@@ -73,6 +75,7 @@ __all__ = ["Core", "kill_quietly"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+HELP_SLICE_S = 0.05  # a thread helping with a call's reply looks at its own future this often
 HOST_ATTEMPTS = 3  # tries of a shard's setup()/restore() before the shard fails
 
 
@@ -87,6 +90,13 @@ class _Call:
     alone: bool
     sent_at: float = 0.0  # time.monotonic() when it was sent
     done: bool = False  # handled, or orphaned by the death of its actor
+    help_box: list[_Call] | None = None  # [itself] while a waiting thread may take its reply
+
+    def settle(self) -> None:
+        """Mark it handled (or orphaned): nothing may take its reply any more."""
+        self.done = True
+        if self.help_box is not None:
+            self.help_box.clear()
 
 
 class Core:
@@ -487,6 +497,8 @@ class Core:
             return
         call = _Call(a, batches, ref, self._incarnation[a], alone, time.monotonic())
         self._calls[a].add(call)
+        if not self._ray_client:
+            self._offer_help(call)
         if self._ray_client:
             # Under Ray Client, ref.future() waits for Client's data thread, which may be
             # waiting for this lock in a done-callback: register from the loop, unlocked.
@@ -494,6 +506,56 @@ class Core:
             return
         # Handled on Ray's completion-callback thread (see the module docstring).
         ref.future().add_done_callback(partial(self._on_call_future, call))
+
+    def _offer_help(self, call: _Call) -> None:
+        """Let a thread that waits on a submit future of ``call`` take its reply itself.
+
+        ``ShardFuture.result()`` then waits in ``ray.get`` on the call and handles the
+        reply in its own thread, instead of waiting to be woken by Ray's callback thread:
+        a thread hand-off less on the path a one-at-a-time caller waits on.
+        """
+        helper = None
+        sink = self._submit_sink
+        for b in call.batches:
+            for seg in b.segments:
+                if seg.sink is sink:
+                    if helper is None:
+                        # Through a box emptied once the call is handled: no future keeps
+                        # the call (and its batches) alive after that.
+                        call.help_box = [call]
+                        helper = partial(self._help, call.help_box)
+                    for fut in seg.ref:
+                        if type(fut) is ShardFuture:
+                            fut._help = helper
+
+    def _help(self, box: list[_Call], fut: ShardFuture, timeout: float | None) -> None:
+        """Wait for the call in ``box`` in this thread and handle its reply here, until
+        ``fut`` is done (see ``_offer_help``).
+
+        Only outside the core's loop thread and Ray's own threads (a done-callback runs
+        there, and must not block on Ray). It waits in slices, so a future that another
+        path resolves (its batch resent elsewhere after a failover) is seen within one.
+        Any failure of the call is left to the callback path, which handles it as always.
+        """
+        if self.on_loop_thread() or isinstance(threading.current_thread(), threading._DummyThread):
+            return  # the loop, or a thread Python did not start (Ray's callback thread)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not fut.done():
+            try:
+                call = box[0]
+            except IndexError:  # handled meanwhile, on another thread
+                return
+            wait = HELP_SLICE_S if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                return
+            try:
+                reply = ray.get(call.ref, timeout=min(wait, HELP_SLICE_S))
+            except GetTimeoutError:
+                continue
+            except RayError:
+                return
+            self._on_call_done(call, reply, None)
+            return
 
     def _watch_call(self, call: _Call) -> None:
         call.ref.future().add_done_callback(partial(self._on_call_future, call))
@@ -568,7 +630,7 @@ class Core:
         with self._lock:
             if call.done:
                 return
-            call.done = True
+            call.settle()
             self._calls[a].discard(call)
             self.dispatch.call_done(a, call.alone)
             if exc is None and reply.incarnation == self._incarnation[a]:
@@ -671,7 +733,7 @@ class Core:
     def _note_death(self, a: int, cause: BaseException, out: list[Delivery]) -> None:
         slot = self.dispatch.actors[a]
         for call in self._calls[a]:
-            call.done = True  # its outcome, if it ever comes, is void
+            call.settle()  # its outcome, if it ever comes, is void
         self._calls[a].clear()
         self.dispatch.actor_lost(a)
         delivered, charged = self.ledger.lose_actor(slot.shards)
@@ -905,7 +967,7 @@ class Core:
             if inc is not None:  # not yet handled as a death: void its calls, re-plan
                 self._incarnation[a] = None
                 for call in self._calls[a]:
-                    call.done = True
+                    call.settle()
                 self._calls[a].clear()
                 self.dispatch.actor_lost(a)
                 delivered, _ = self.ledger.lose_actor(slot.shards)
@@ -1224,7 +1286,7 @@ class Core:
                 self.dispatch.retire(a)
                 self._incarnation[a] = None
                 for call in self._calls[a]:
-                    call.done = True
+                    call.settle()
                 self._calls[a].clear()
                 handles.append(self._handles[a])
             self.partitioner.set_placement(self.placement_array(), self.dispatch.active())

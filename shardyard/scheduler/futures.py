@@ -18,13 +18,59 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Generator, Sequence
+import time
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures._base import FINISHED, PENDING, RUNNING
 from typing import Any
 
 __all__ = ["ShardFuture", "resolve_many"]
 
 _DONE = ("FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED")
+
+
+class _NoneYet:
+    """What a future's ``_waiters`` / ``_done_callbacks`` read as until one is added: an
+    empty sequence whose ``append`` gives the future a list of its own.
+
+    ``concurrent.futures`` appends to both under the future's condition, so the first
+    append cannot race another.
+    """
+
+    __slots__ = ("name", "owner")
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.owner = owner
+        self.name = name
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def append(self, value: Any) -> None:
+        setattr(self.owner, self.name, [value])
+
+    def remove(self, value: Any) -> None:
+        raise ValueError(f"{value!r} is not in the list")
+
+
+class _ListOnFirstAppend:
+    """A per-instance list made on first append (a non-data descriptor: once made, the
+    instance's own list is found first).
+
+    Most futures never get a waiter or a done-callback; two empty lists per future are two
+    more long-lived objects for every full garbage collection to scan, which cost
+    ``submit`` more than the rest of its work when many futures are kept.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return _NoneYet(obj, self.name)
 
 
 class ShardFuture(concurrent.futures.Future[Any]):
@@ -54,12 +100,25 @@ class ShardFuture(concurrent.futures.Future[Any]):
             self._state = PENDING
             self._result = None
             self._exception = None
-            self._waiters: list[Any] = []
-            self._done_callbacks: list[Any] = []
+            # _waiters and _done_callbacks: made on first append (see _ListOnFirstAppend).
         self.shard_id = shard_id
         self.key = key
 
+    _waiters = _ListOnFirstAppend()
+    _done_callbacks = _ListOnFirstAppend()
+
+    # Set by the core while the item is in a call: waits for that call's reply in the
+    # calling thread and handles it there (one thread hand-off less for a lone waiter).
+    _help: Callable[[ShardFuture, float | None], None] | None = None
+
     def _wait_done(self, timeout: float | None) -> None:
+        help_ = self._help
+        if help_ is not None:
+            self._help = None
+            start = time.monotonic()
+            help_(self, timeout)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
         # A shared condition wakes for other futures too: wait for this one's state.
         with self._condition:
             if not self._condition.wait_for(lambda: self._state in _DONE, timeout):
@@ -67,6 +126,10 @@ class ShardFuture(concurrent.futures.Future[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         """The item's output; raises its error (e.g. ``TaskError``) if it failed."""
+        if self._state == FINISHED and self._exception is None:
+            # Set before the state, under the condition, and never changed after: no need
+            # to take the condition (shared by the pool's futures) to read it.
+            return self._result
         if self._state not in _DONE:
             self._wait_done(timeout)
         return super().result(0)
