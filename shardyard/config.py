@@ -348,6 +348,9 @@ class ClusterConfig(_ConfigBase):
         log_to_driver: forward actor stdout/stderr to the driver.
         connect_timeout_s: how long each check of a cluster address may take (is anything
             listening, does it accept this process's token) before a clear error.
+        freeze_gc: once connected, ``gc.freeze()`` the objects alive then (Ray's, the
+            imports'), so the collector's full collections skip them (see
+            :mod:`shardyard.cluster.heap`); ``False`` leaves the collector alone.
     """
 
     address: str | None = None
@@ -356,3 +359,4 @@ class ClusterConfig(_ConfigBase):
     namespace: str | None = None
     log_to_driver: bool = True
     connect_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)
+    freeze_gc: bool = True

@@ -73,3 +73,31 @@ def test_an_actor_loads_numpy_when_a_batch_is_an_array(ray_local: Any) -> None:
     with ShardPool(_array_modules_here, num_actors=1, batched=True) as pool:
         out = pool.map(np.arange(3))
     assert [tuple(o) for o in out] == [("ndarray", True)] * 3
+
+
+def _frozen_here(x: Any) -> int:
+    import gc
+
+    return gc.get_freeze_count()
+
+
+def test_start_up_objects_are_frozen_out_of_full_collections(ray_local: Any) -> None:
+    # The driver after connect() and each actor after it starts: what lives as long as the
+    # process is moved out of the collector's full collections (shardyard.cluster.heap).
+    import gc
+
+    assert gc.get_freeze_count() > 0
+    with ShardPool(_frozen_here, num_actors=1) as pool:
+        assert pool.map([0])[0] > 1000
+
+
+def test_freeze_gc_false_leaves_the_collector_alone() -> None:
+    code = (
+        "import gc, shardyard;"
+        "shardyard.connect(config=shardyard.ClusterConfig(num_cpus=1, freeze_gc=False));"
+        "print(gc.get_freeze_count());"
+        "shardyard.disconnect()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import time
 import uuid
@@ -128,6 +129,10 @@ class ShardActor:
         self._dropped: deque[str] = deque(maxlen=64)  # reduce ids abandoned (see drop)
         self._runner = Runner(max_concurrency)  # where handler calls run (loop, threads)
         self._readers = asyncio.Lock()  # one _between_batches at a time (no lock-order cycle)
+        # Everything alive now (Ray's worker, the imports, the handler) lives as long as the
+        # process: kept out of the garbage collector's full collections, which otherwise
+        # rescan it while the shards allocate (as vLLM and sglang do after start-up).
+        gc.freeze()
 
     # --- work -------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from typing import Any
 import ray
 
 from shardyard.cluster.auth import use_token_if_found
+from shardyard.cluster.heap import freeze_once
 from shardyard.cluster.preflight import check_address, split_host_port
 from shardyard.config import ClusterConfig
 from shardyard.errors import ClusterConnectionError
@@ -120,8 +121,12 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
         >>> info.embedded                    # doctest: +SKIP
         True
     """
+    cfg = config or ClusterConfig()
     with _connect_lock:
-        return _connect(address, config or ClusterConfig())
+        info = _connect(address, cfg)
+    if cfg.freeze_gc:
+        freeze_once()  # Ray's long-lived objects out of full collections (see heap.py)
+    return info
 
 
 def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
