@@ -77,16 +77,20 @@ def test_a_stretch_that_computes_or_is_preempted_does_not_block() -> None:
     assert not v.blocking
 
 
-def test_one_call_alone_never_decides() -> None:
+def test_one_stretch_alone_never_decides() -> None:
     v = BlockingVerdict()
     assert not v.on_loop(wall=0.010, cpu=0.0001, switches=1)  # one GIL wait, say
     assert not v.on_loop(wall=0.0001, cpu=0.0001, switches=0)  # then fast again
+    # One long GIL wait (Ray unpickling the next call) counts several switches.
+    assert not v.on_loop(wall=0.006, cpu=0.0001, switches=3, calls=3)
+    assert not v.on_loop(wall=0.0065, cpu=0.0004, switches=3, calls=7)  # then computes
     assert not v.on_loop(wall=0.010, cpu=0.0001, switches=1)
     assert v.on_loop(wall=0.010, cpu=0.0001, switches=1)  # twice in a row: it blocks
 
 
 def test_a_stretch_that_waits_blocks_until_calls_in_threads_are_fast() -> None:
     v = BlockingVerdict()
+    assert not v.on_loop(wall=0.010, cpu=0.0001, switches=1, calls=1)
     assert v.on_loop(wall=0.030, cpu=0.0001, switches=3, calls=3)
     assert v.in_threads(calls=64, wall=64 * 0.010)  # still slow: stays in threads
     assert not v.in_threads(calls=1024, wall=0.010)  # 10 us a call: back to the loop

@@ -88,8 +88,9 @@ class BlockingVerdict:
     A call that blocks (sleep, I/O) gives up the CPU at least once: a stretch of ``calls``
     blocked only when it made at least ``calls`` voluntary switches. A fast handler on a
     busy process also waits and switches now and then (for the GIL, which Ray's own threads
-    take; while preempted), but not once per call; so one call alone never decides: a
-    stretch of one call counts only when the one before it blocked too.
+    take, e.g. while they unpickle the next call's arguments; while preempted), and one
+    long GIL wait can count several switches; but not stretch after stretch. So one
+    stretch alone never decides: it counts only when the one before it blocked too.
 
     Example:
         >>> v = BlockingVerdict()
@@ -97,7 +98,9 @@ class BlockingVerdict:
         False
         >>> v.on_loop(wall=0.030, cpu=0.0001, switches=1, calls=3)  # a GIL wait, not 3
         False
-        >>> v.on_loop(wall=0.030, cpu=0.0001, switches=3, calls=3)  # slept each time
+        >>> v.on_loop(wall=0.030, cpu=0.0001, switches=3, calls=3)  # slept each time?
+        False
+        >>> v.on_loop(wall=0.070, cpu=0.0002, switches=7, calls=7)  # and again: it blocks
         True
         >>> v.in_threads(calls=32, wall=0.33)  # 10 ms a call: stays in the threads
         True
@@ -107,7 +110,7 @@ class BlockingVerdict:
 
     def __init__(self) -> None:
         self.blocking = False  # batches start in the threads
-        self._single = False  # the last stretch, of one call, blocked
+        self._last = False  # the last stretch blocked
 
     @staticmethod
     def blocked(wall: float, cpu: float, switches: int, calls: int = 1) -> bool:
@@ -120,9 +123,9 @@ class BlockingVerdict:
     def on_loop(self, wall: float, cpu: float, switches: int, calls: int = 1) -> bool:
         """Record a stretch of ``calls`` run on the loop; returns whether the handler blocks."""
         blocked = self.blocked(wall, cpu, switches, calls)
-        if blocked and (calls > 1 or self._single):
+        if blocked and self._last:
             self.blocking = True
-        self._single = blocked and calls == 1
+        self._last = blocked
         return self.blocking
 
     def in_threads(self, calls: int, wall: float) -> bool:
