@@ -27,28 +27,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from shardyard.errors import (
+    ActorLostError,
+    ClusterConnectionError,
+    ConfigError,
+    InputError,
+    PoisonItemError,
+    PoolClosedError,
+    SerializationError,
+    ShardFailedError,
+    ShardyardError,
+    SourceError,
+    StartTimeoutError,
+    TaskError,
+    UnknownStrategyError,
+    UnsupportedKeyError,
+)
+
 if TYPE_CHECKING:
     from shardyard.actor_pool import ActorPool
     from shardyard.actors.shard import Shard
     from shardyard.actors.shared import shared
     from shardyard.cluster import ClusterInfo, connect, disconnect
     from shardyard.config import AutoscaleConfig, ClusterConfig, PoolConfig
-    from shardyard.errors import (
-        ActorLostError,
-        ClusterConnectionError,
-        ConfigError,
-        InputError,
-        PoisonItemError,
-        PoolClosedError,
-        SerializationError,
-        ShardFailedError,
-        ShardyardError,
-        SourceError,
-        StartTimeoutError,
-        TaskError,
-        UnknownStrategyError,
-        UnsupportedKeyError,
-    )
     from shardyard.executor import Executor
     from shardyard.scheduler import (
         ActorStats,
@@ -104,7 +105,8 @@ __all__ = [
     "strategy",
 ]
 
-# Public name -> the module it lives in; imported on first access (see __getattr__).
+# Public name -> the module it lives in; imported on first access (see __getattr__). The
+# errors are light (no imports) and loaded at once.
 _SOURCES: dict[str, str] = {
     "ActorPool": "shardyard.actor_pool",
     "Shard": "shardyard.actors.shard",
@@ -117,25 +119,6 @@ _SOURCES: dict[str, str] = {
     "PoolConfig": "shardyard.config",
     "Executor": "shardyard.executor",
     "close_all": "shardyard.scheduler.lifecycle",
-    **dict.fromkeys(
-        [
-            "ActorLostError",
-            "ClusterConnectionError",
-            "ConfigError",
-            "InputError",
-            "PoisonItemError",
-            "PoolClosedError",
-            "SerializationError",
-            "ShardFailedError",
-            "ShardyardError",
-            "SourceError",
-            "StartTimeoutError",
-            "TaskError",
-            "UnknownStrategyError",
-            "UnsupportedKeyError",
-        ],
-        "shardyard.errors",
-    ),
     **dict.fromkeys(
         [
             "ActorStats",
