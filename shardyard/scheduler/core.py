@@ -497,13 +497,12 @@ class Core:
             return
         call = _Call(a, batches, ref, self._incarnation[a], alone, time.monotonic())
         self._calls[a].add(call)
-        if not self._ray_client:
-            self._offer_help(call)
         if self._ray_client:
             # Under Ray Client, ref.future() waits for Client's data thread, which may be
             # waiting for this lock in a done-callback: register from the loop, unlocked.
             self._loop.call_soon_threadsafe(self._watch_call, call)
             return
+        self._offer_help(call)
         # Handled on Ray's completion-callback thread (see the module docstring).
         ref.future().add_done_callback(partial(self._on_call_future, call))
 
