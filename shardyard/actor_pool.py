@@ -367,7 +367,14 @@ class ActorPool:
         if self._to_reap:
             with self._lock:
                 self._reap()
-        return bool(self._future_to_actor) or bool(self._failed) or self._requeued > 0
+        return (
+            bool(self._future_to_actor)
+            or bool(self._failed)
+            or self._requeued > 0
+            # Queued submits whose actors are all busy with dropped calls (a cancelled
+            # map's, still running): they run once those end.
+            or (bool(self._pending_submits) and bool(self._busy))
+        )
 
     def get_next(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
         """The next result, in submit order.
@@ -390,6 +397,8 @@ class ActorPool:
             self._reap()
             if not self.has_next():
                 raise StopIteration("No more results to get")
+            if not self._run_queued_behind_dropped(_deadline(timeout)):
+                raise TimeoutError("no queued submit got an actor in time")
             if self._next_return_index >= self._next_task_index:
                 raise ValueError("It is not allowed to call get_next() after get_next_unordered().")
             deadline = _deadline(timeout)
@@ -432,6 +441,8 @@ class ActorPool:
             if not self.has_next():
                 raise StopIteration("No more results to get")
             deadline = _deadline(timeout)
+            if not self._run_queued_behind_dropped(deadline):
+                raise TimeoutError("no queued submit got an actor in time")
             while True:
                 if self._failed:
                     return self._take(self._failed[min(self._failed)], ordered=False)
@@ -545,12 +556,18 @@ class ActorPool:
         iterator stops that thread's submits and drops the map's outstanding calls: their
         results are never returned by a later ``get_next*`` or map (their futures fail
         with ``concurrent.futures.CancelledError``).
+
+        Each result gives the event loop a turn, even when it was already in hand, so a
+        long map never starves the loop's other tasks.
         """
         run = _MapRun()
         try:
             await asyncio.to_thread(self._start_map, fn, values, True, run)
             while self.has_next():
                 yield await self.aget_next()
+                # A result already in hand is taken without suspending: give the loop a
+                # turn per item, so other tasks run and a cancel lands mid-stream.
+                await asyncio.sleep(0)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled, closed or interrupted
                 self._cancel_run(run)
@@ -568,6 +585,9 @@ class ActorPool:
             await asyncio.to_thread(self._start_map, fn, values, False, run)
             while self.has_next():
                 yield await self.aget_next_unordered()
+                # A result already in hand is taken without suspending: give the loop a
+                # turn per item, so other tasks run and a cancel lands mid-stream.
+                await asyncio.sleep(0)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled, closed or interrupted
                 self._cancel_run(run)
@@ -907,6 +927,29 @@ class ActorPool:
         task.queued = False
         self._requeued -= 1
         self._changed()
+
+    def _run_queued_behind_dropped(self, deadline: float | None) -> bool:
+        """Wait until queued submits run when only dropped calls hold the actors; False
+        on timeout.
+
+        A cancelled map's calls still running keep their actors (``_drop``) but no
+        longer count as results: submits queued behind them have no call to wait on
+        yet. Settle completed calls until one of them is dispatched.
+        """
+        while (
+            not self._future_to_actor
+            and not self._failed
+            and not self._requeued
+            and self._pending_submits
+        ):
+            self._advance()
+            self._promote()
+            watched = self._watched_busy()
+            if self._future_to_actor or not watched:
+                break
+            if not self._wait_any_completed(watched, deadline):
+                return False
+        return True
 
     def _wait_queued(self, task: _Task, deadline: float | None) -> bool:
         """Settle completed calls until the queued retry ``task`` runs; False on timeout."""

@@ -903,13 +903,30 @@ def test_async_twins_do_not_block_the_loop(ray_local: Any, kill_later: list[Any]
     assert asyncio.run(main()) == [2, 4]
 
 
+def _pool_is_clean_and_usable(pool: ActorPool) -> None:
+    """Nothing of a cancelled map is left, and the pool maps and submits again."""
+    assert not pool.has_next()
+    assert not pool._pending_submits
+    assert not pool._tasks
+    assert list(pool.map(work, range(1000, 1005))) == [2 * v for v in range(1000, 1005)]
+    pool.submit(work, 7)
+    assert pool.get_next(timeout=GUARD) == 14
+    with pytest.raises(StopIteration):
+        pool.get_next()
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.timeout(GUARD)
 def test_cancelled_amap_stops_submitting_and_drops_its_results(
     ray_local: Any, kill_later: list[Any], ordered: bool
 ) -> None:
     """Cancelling an amap whose submitting thread is blocked by backpressure stops that
-    thread; its values never come out of a later map or get_next."""
+    thread; its values never come out of a later map or get_next.
+
+    The map submits its 400 values eagerly (as Ray's does) in a worker thread, held
+    back by ``max_pending_submits=2``: 400 calls of 10 ms on 2 actors keep that thread
+    submitting for about 2 s, and the cancel comes once it has submitted 3.
+    """
     actors = [Crasher.remote() for _ in range(2)]
     kill_later += actors
     pool = ActorPool(actors, max_pending_submits=2)
@@ -923,26 +940,56 @@ def test_cancelled_amap_stops_submitting_and_drops_its_results(
                 got.append(v)
 
         task = asyncio.create_task(consume())
-        while len(got) < 3:
-            await asyncio.sleep(0.01)
+        while pool._next_task_index < 3:
+            await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         return got
 
     got = asyncio.run(main())
-    assert len(got) < 400
+    assert got == []  # results come only once every value is submitted
     submitted = pool._next_task_index
+    assert submitted < 400
     time.sleep(0.5)
     assert pool._next_task_index == submitted  # the submitting thread stopped
-    assert not pool.has_next()
-    assert not pool._pending_submits
-    assert not pool._tasks
-    assert list(pool.map(work, range(1000, 1005))) == [2 * v for v in range(1000, 1005)]
-    pool.submit(work, 7)
-    assert pool.get_next(timeout=GUARD) == 14
-    with pytest.raises(StopIteration):
-        pool.get_next()
+    _pool_is_clean_and_usable(pool)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.timeout(GUARD)
+def test_amap_consumer_cancelled_mid_stream_stops_there(
+    ray_local: Any, kill_later: list[Any], ordered: bool
+) -> None:
+    """Results already in hand still give the loop a turn per item: a consumer cancelled
+    after 3 values stops at 3 (not after draining every ready result), and the map's
+    other results are dropped."""
+    actors = [Crasher.remote() for _ in range(2)]
+    kill_later += actors
+    pool = ActorPool(actors)
+    amap = pool.amap if ordered else pool.amap_unordered
+
+    async def main() -> list[int]:
+        got: list[int] = []
+
+        async def consume() -> None:
+            async for v in amap(work, range(40)):
+                if not got:  # let every other result arrive: they are all in hand now
+                    await asyncio.sleep(0.5)
+                got.append(v)
+                if len(got) == 3:
+                    task.cancel()
+
+        task = asyncio.create_task(consume())
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return got
+
+    got = asyncio.run(main())
+    assert len(got) == 3
+    if ordered:
+        assert got == [0, 2, 4]
+    _pool_is_clean_and_usable(pool)
 
 
 def test_await_futures_of_queued_submits(ray_local: Any, kill_later: list[Any]) -> None:
