@@ -158,22 +158,27 @@ def resolve_many(
     after the lock is released, as ``Future.set_result`` does. Cancelled futures are left
     as they are.
     """
+    # A future's own lists, if it has any, are in its __dict__ (see _ListOnFirstAppend):
+    # reading them there skips making a _NoneYet per read for the many that have none.
     with condition:
         for off, fut in enumerate(futures):
             if fut._state not in (PENDING, RUNNING):
                 continue
             exc = errors.get(off) if errors else None
+            waiters = fut.__dict__.get("_waiters")
             if exc is None:
                 fut._result = values[off]
                 fut._state = FINISHED
-                for waiter in fut._waiters:
-                    waiter.add_result(fut)
+                if waiters:
+                    for waiter in waiters:
+                        waiter.add_result(fut)
             else:
                 fut._exception = exc
                 fut._state = FINISHED
-                for waiter in fut._waiters:
-                    waiter.add_exception(fut)
+                if waiters:
+                    for waiter in waiters:
+                        waiter.add_exception(fut)
         condition.notify_all()
     for fut in futures:
-        if fut._done_callbacks:
+        if fut.__dict__.get("_done_callbacks"):
             fut._invoke_callbacks()  # type: ignore[attr-defined]
