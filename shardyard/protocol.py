@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat
 from operator import is_not
@@ -45,8 +46,10 @@ __all__ = [
     "HostReply",
     "HostRequest",
     "ItemFailure",
+    "ReplyColumns",
     "Stale",
     "WireBatch",
+    "WireCall",
     "all_none",
 ]
 
@@ -154,6 +157,70 @@ class WireBatch(NamedTuple):
     keyless: bool = False
 
 
+PACK_MIN_BATCHES = 8  # calls with fewer batches go as a plain list of WireBatch
+
+
+class WireCall:
+    """The batches of one call in columns: one array of all their items and one of their
+    headers, instead of a ``WireBatch`` and an array each.
+
+    A call to an actor hosting thousands of shards carries thousands of small batches; as
+    a list, each is a tuple and an array for Ray to pickle, ship as a buffer of its own and
+    rebuild (tens of microseconds each, on both sides). Packed, the call is three arrays.
+    Only calls whose batches all carry 1-D numpy items of one dtype are packed
+    (:meth:`pack` returns the list unchanged otherwise); the actor gets each batch's items
+    back as a view of the joined array, as before as numpy.
+
+    Example:
+        >>> import numpy as np
+        >>> wires = [WireBatch(s, 1, 0, WORK, np.arange(s + 1), False) for s in range(8)]
+        >>> call = WireCall.pack(wires)
+        >>> isinstance(call, WireCall)
+        True
+        >>> [(b.shard_id, b.items.tolist()) for b in call.unpack()][:3]
+        [(0, [0]), (1, [0, 1]), (2, [0, 1, 2])]
+    """
+
+    __slots__ = ("heads", "items")
+
+    def __init__(self, heads: Any, items: Any) -> None:
+        self.heads = heads  # int64 (n, 7): shard_id, gen, seq, kind, pickled, keyless, end
+        self.items = items  # every batch's items, joined in batch order
+
+    @staticmethod
+    def pack(wires: list[WireBatch]) -> list[WireBatch] | WireCall:
+        """``wires`` as a :class:`WireCall` where they all carry 1-D numpy items of one
+        dtype (and are at least ``PACK_MIN_BATCHES``); else ``wires`` itself."""
+        if len(wires) < PACK_MIN_BATCHES:
+            return wires
+        import numpy as np  # the driver's side: numpy is loaded there
+
+        first = wires[0].items
+        if not isinstance(first, np.ndarray) or first.ndim != 1 or first.dtype.hasobject:
+            return wires
+        dtype = first.dtype
+        for w in wires:
+            items = w.items
+            if not isinstance(items, np.ndarray) or items.ndim != 1 or items.dtype != dtype:
+                return wires
+        heads = np.empty((len(wires), 7), dtype=np.int64)
+        heads[:, :6] = [(*w[:4], w.pickled, w.keyless) for w in wires]
+        np.cumsum([len(w.items) for w in wires], out=heads[:, 6])
+        return WireCall(heads, np.concatenate([w.items for w in wires]))
+
+    def unpack(self) -> list[WireBatch]:
+        """The batches again, each with a view of its items."""
+        items, start, out = self.items, 0, []
+        for sid, gen, seq, kind, pickled, keyless, end in self.heads.tolist():
+            part = items[start:end]
+            out.append(WireBatch(sid, gen, seq, kind, part, bool(pickled), bool(keyless)))
+            start = end
+        return out
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+
 class BatchReply(NamedTuple):
     """A batch that ran: one output per item (``None`` where it failed) and the failures."""
 
@@ -187,13 +254,60 @@ class Stale(NamedTuple):
     reason: str
 
 
+class ReplyColumns:
+    """The replies of one call in columns, for a call of many batches that all ran
+    without failures and gave list outputs (per-item handlers): one list of every output
+    and one of headers, instead of a ``BatchReply`` and a list each. Iterating gives the
+    ``BatchReply`` s back.
+
+    Example:
+        >>> replies = [BatchReply(s, 1, 0, [s] * s, []) for s in range(8)]
+        >>> packed = ReplyColumns.pack(replies)
+        >>> isinstance(packed, ReplyColumns), list(packed) == replies
+        (True, True)
+    """
+
+    __slots__ = ("heads", "outputs")
+
+    def __init__(self, heads: list[int], outputs: list[Any]) -> None:
+        self.heads = heads  # shard_id, gen, seq, end of its outputs: four per reply
+        self.outputs = outputs  # every reply's outputs, joined in reply order
+
+    @staticmethod
+    def pack(replies: list[Any]) -> list[Any] | ReplyColumns:
+        """``replies`` as :class:`ReplyColumns` where every one is a ``BatchReply`` with a
+        list of outputs and no failures (and they are at least ``PACK_MIN_BATCHES``);
+        else ``replies`` itself."""
+        if len(replies) < PACK_MIN_BATCHES:
+            return replies
+        for r in replies:
+            if type(r) is not BatchReply or r.failures or type(r.outputs) is not list:
+                return replies
+        heads: list[int] = []
+        outputs: list[Any] = []
+        for r in replies:
+            outputs += r.outputs
+            heads += (r.shard_id, r.gen, r.seq, len(outputs))
+        return ReplyColumns(heads, outputs)
+
+    def __iter__(self) -> Iterator[BatchReply]:
+        heads, outputs, start = self.heads, self.outputs, 0
+        for i in range(0, len(heads), 4):
+            end = heads[i + 3]
+            yield BatchReply(heads[i], heads[i + 1], heads[i + 2], outputs[start:end], [])
+            start = end
+
+    def __len__(self) -> int:
+        return len(self.heads) // 4
+
+
 class CallReply(NamedTuple):
     """The answer to one ``run`` call: the actor's incarnation, one reply per batch, and the
     seconds the call took in the actor (from its start to its reply: no queueing, no
     transfer), by which the driver sizes the next calls."""
 
     incarnation: str
-    replies: list[BatchReply | BarrierReply | Stale]
+    replies: list[BatchReply | BarrierReply | Stale] | ReplyColumns
     took_s: float = 0.0
 
 

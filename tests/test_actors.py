@@ -76,6 +76,19 @@ def test_batches_run_in_sequence_order_even_if_sent_out_of_order(actor: Any) -> 
     assert _log(actor, 0) == ["a", "b"]
 
 
+def test_crossed_calls_each_waiting_for_a_batch_of_the_other_both_finish(actor: Any) -> None:
+    """Each call holds the turn the other waits for: run one batch after another, they
+    would wait for each other forever; a batch not yet due must not hold up its call's
+    ready ones."""
+    first = actor.run.remote([_work(0, 1, 1, ["a1"]), _work(1, 1, 0, ["b0"])])
+    second = actor.run.remote([_work(1, 1, 1, ["b1"]), _work(0, 1, 0, ["a0"])])
+    replies = [r for call in ray.get([first, second], timeout=60) for r in call.replies]
+    assert all(isinstance(r, BatchReply) for r in replies)
+    assert [(r.shard_id, r.seq) for r in replies] == [(0, 1), (1, 0), (1, 1), (0, 0)]
+    assert _log(actor, 0) == ["a0", "a1"]
+    assert _log(actor, 1) == ["b0", "b1"]
+
+
 def test_a_batch_of_another_generation_is_never_applied(actor: Any) -> None:
     ray.get(actor.run.remote([_work(1, 1, 0, ["x"])]))
     again = ray.get(actor.run.remote([_work(1, 1, 0, ["x"])])).replies[0]

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from shardyard import (
@@ -30,6 +31,7 @@ from shardyard import (
     StartTimeoutError,
     TaskError,
 )
+from shardyard.protocol import WireCall
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -138,6 +140,71 @@ def test_four_kills_over_both_actors_busy_and_idle() -> None:
         assert pool.map(more, keys=more) is not None  # the next map does not hang
         assert pool.reduce(operator.add) == _expected(items + more)
         assert [a.restarts for a in pool.stats().actors] == [2, 2]
+
+
+class BusyItemCount(Shard):
+    """Counts items per ``x % 1000`` one item at a time, computing ~20 us each (on the
+    loop: it never sleeps); item 777 raises, before counting."""
+
+    def setup(self, shard_id: int) -> None:
+        self.counts: Counter[int] = Counter()
+
+    def process_item(self, x: Any) -> int:
+        end = time.perf_counter() + 2e-5
+        while time.perf_counter() < end:
+            pass
+        if x == 777:
+            raise ValueError("item 777 is bad")
+        self.counts[int(x) % 1000] += 1
+        return 2 * int(x)
+
+    def result(self) -> Counter[int]:
+        return self.counts
+
+
+def test_calls_of_many_small_batches_survive_busy_kills_exactly(monkeypatch: Any) -> None:
+    """128 shards on 2 actors: a call carries dozens of small numpy batches, packed in
+    columns both ways (WireCall, ReplyColumns). Killing each actor while busy loses and
+    doubles nothing, and the failing item fails alone, its neighbours applied once."""
+    packed: list[int] = []
+    pack = WireCall.pack
+
+    def counting_pack(wires: list[Any]) -> Any:
+        out = pack(wires)
+        if isinstance(out, WireCall):
+            packed.append(len(out))
+        return out
+
+    monkeypatch.setattr(WireCall, "pack", staticmethod(counting_pack))
+    items = np.arange(100_000, dtype=np.int64)
+    with ShardPool(BusyItemCount, num_actors=2, num_shards=128, checkpoint_every=4) as pool:
+        pool.start()
+        out: dict[str, Any] = {}
+
+        def run() -> None:
+            out["r"] = pool.map(items, keys=items, return_exceptions=True)
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        for actor in (0, 1):
+            deadline = time.monotonic() + 60
+            while pool.stats().actors[actor].items < 15_000:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            old = _pid(pool, actor)
+            _kill(old)
+            _new_pid(pool, actor, old)
+        runner.join(timeout=240)
+        assert not runner.is_alive()
+        result = out["r"]
+        bad = [i for i, o in enumerate(result) if isinstance(o, BaseException)]
+        assert bad == [777]
+        assert isinstance(result[777], TaskError) and "item 777 is bad" in str(result[777])
+        assert all(result[i] == 2 * i for i in range(len(items)) if i != 777)
+        good = [int(x) for x in items if x != 777]
+        assert pool.reduce(operator.add) == _expected(good)
+        assert [a.restarts for a in pool.stats().actors] == [1, 1]
+    assert packed and max(packed) >= 8  # the packed path was the one under test
 
 
 class SlowRestore(Count):

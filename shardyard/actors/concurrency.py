@@ -246,9 +246,10 @@ class Runner:
 
     # --- sync -------------------------------------------------------------------------------
 
-    def _on_loop(self) -> bool:
-        # Not while calls run in threads: with them, at most max_concurrency in progress.
-        return not self.verdict.blocking and self._in_threads == 0
+    def on_loop(self) -> bool:
+        """Whether a sync call would now run on the loop: not once the handler blocks, and
+        not while calls run in threads (with them, at most max_concurrency in progress)."""
+        return self.max_concurrency == 1 or (not self.verdict.blocking and self._in_threads == 0)
 
     async def per_item(
         self, fn: Callable[[Any], Any], items: list[Any], fan_out: bool = True
@@ -261,7 +262,7 @@ class Runner:
         if self.max_concurrency == 1:  # the loop only (see the module docstring)
             run_items(fn, items, 0, n, out, failures)
             return out, failures
-        pos = self._stretches(fn, items, out, failures) if self._on_loop() else 0
+        pos = self._stretches(fn, items, out, failures) if self.on_loop() else 0
         if pos < n:
             if fan_out and n - pos > 1:
                 await self._fan_out(fn, items, pos, out, failures)
@@ -298,7 +299,7 @@ class Runner:
         """Run sync ``fn`` (a whole batch) on the loop or in a thread (see the docstring)."""
         if self.max_concurrency == 1:
             return fn()
-        if not self._on_loop():
+        if not self.on_loop():
             wall, out = await self._in_thread(_timed_call, fn)
             self.verdict.in_threads(1, wall)
             return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import os
 import time
 import uuid
@@ -53,8 +54,10 @@ from shardyard.protocol import (
     HostReply,
     HostRequest,
     ItemFailure,
+    ReplyColumns,
     Stale,
     WireBatch,
+    WireCall,
 )
 
 __all__ = ["CONTROL_GROUP", "ShardActor", "remote_shard_actor"]
@@ -128,6 +131,9 @@ class ShardActor:
         self._reduced: dict[str, Any] = {}  # reduce id -> this actor's combined value
         self._dropped: deque[str] = deque(maxlen=64)  # reduce ids abandoned (see drop)
         self._runner = Runner(max_concurrency)  # where handler calls run (loop, threads)
+        # Nothing of a sync handler's calls awaits unless the runner sends them to threads:
+        # ready batches of one call then run one after another in the call's own task.
+        self._sync_handler = _is_sync(handler)
         self._readers = asyncio.Lock()  # one _between_batches at a time (no lock-order cycle)
         # Everything alive now (Ray's worker, the imports, the handler) lives as long as the
         # process: kept out of the garbage collector's full collections, which otherwise
@@ -136,16 +142,42 @@ class ShardActor:
 
     # --- work -------------------------------------------------------------------------------
 
-    async def run(self, batches: list[WireBatch]) -> CallReply:
+    async def run(self, batches: list[WireBatch] | WireCall) -> CallReply:
         """Run one batch per listed shard, each in its generation's sequence order."""
         t0 = time.perf_counter()
+        if isinstance(batches, WireCall):
+            batches = batches.unpack()
         if len(batches) == 1:
             reply = await self._run_one(batches[0])
             return CallReply(self._incarnation, [reply], time.perf_counter() - t0)
-        # A task per batch, never a coroutine stepped by hand: a handler's asyncio.timeout
-        # (or aiohttp's, anyio's) cancels the task it started in, which must be its own.
-        results = await asyncio.gather(*(self._run_one(b) for b in batches))
-        return CallReply(self._incarnation, list(results), time.perf_counter() - t0)
+        results: list[Any] = [None] * len(batches)
+        later: list[int] = []
+        for i, b in enumerate(batches):
+            if self._sync_handler and self._runner.on_loop() and self._ready(b):
+                # Its turn, and a sync handler computing on the loop: it runs to the end
+                # without waiting for anything, so here, in order, costs no task.
+                results[i] = await self._run_one(b)
+            else:
+                later.append(i)
+        if later:
+            # A task per batch, never a coroutine stepped by hand: a handler's
+            # asyncio.timeout (or aiohttp's, anyio's) cancels the task it started in, which
+            # must be its own; and a batch waiting for its turn must not hold up the others.
+            done = await asyncio.gather(*(self._run_one(batches[i]) for i in later))
+            for i, reply in zip(later, done, strict=True):
+                results[i] = reply
+        return CallReply(self._incarnation, ReplyColumns.pack(results), time.perf_counter() - t0)
+
+    def _ready(self, b: WireBatch) -> bool:
+        """Whether ``b`` may run now without waiting: its shard is hosted in its
+        generation, it is the shard's next batch, and no batch of the shard is running."""
+        hosted = self._shards.get(b.shard_id)
+        return (
+            hosted is not None
+            and hosted.gen == b.gen
+            and hosted.next_seq == b.seq
+            and not hosted.lock.locked()
+        )
 
     async def _run_one(self, b: WireBatch) -> BatchReply | BarrierReply | Stale:
         hosted = self._shards.get(b.shard_id)
@@ -446,6 +478,17 @@ class ShardActor:
     def health(self) -> str:
         """This process's incarnation id (a restarted actor answers a new one)."""
         return self._incarnation
+
+
+def _is_sync(handler: type[Shard] | Callable[[Any], Any]) -> bool:
+    """Whether ``handler``'s calls are plain sync calls (a function, or a ``Shard`` whose
+    ``process`` and ``process_item`` are not ``async def``)."""
+    if isinstance(handler, type) and issubclass(handler, Shard):
+        return not (
+            inspect.iscoroutinefunction(handler.process)
+            or inspect.iscoroutinefunction(handler.process_item)
+        )
+    return not inspect.iscoroutinefunction(handler)  # as run_batch tells them apart
 
 
 def _memo_counters(instance: Any) -> dict[str, int] | None:

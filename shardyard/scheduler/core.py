@@ -61,7 +61,7 @@ from shardyard.errors import (
     SerializationError,
     ShardFailedError,
 )
-from shardyard.protocol import REPLAY, WORK, HostRequest, Stale
+from shardyard.protocol import REPLAY, WORK, HostRequest, Stale, WireCall
 from shardyard.scheduler.completion import Completion
 from shardyard.scheduler.dispatch import Dispatch
 from shardyard.scheduler.futures import ShardFuture
@@ -491,7 +491,7 @@ class Core:
     def _send(self, a: int, batches: list[Batch]) -> None:
         alone = self.dispatch.actors[a].alone and len(batches) == 1 and batches[0].alone
         try:
-            ref = self._handles[a].run.remote([b.wire() for b in batches])
+            ref = self._handles[a].run.remote(WireCall.pack([b.wire() for b in batches]))
         except Exception as exc:
             self._flush_later(self._unsendable(a, batches, exc, alone))
             return
