@@ -1579,13 +1579,20 @@ def _assemble(sink: MapSink, numpy_in: bool, return_exceptions: bool) -> Any:
             for positions, outputs in pieces:
                 out[positions] = outputs
             return out
-    # Scattered through an object array (fromiter: a tuple output stays one element).
+    # Scattered through an object array in one assignment (fromiter: a tuple output stays
+    # one element): one per piece cost more than the items with thousands of small pieces.
     result = np.empty(n, dtype=object)
+    where: list[Any] = []
+    values: list[Any] = []
     for positions, outputs in pieces:
-        values = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
-        if all_none(values):  # the result starts as None: nothing to do
+        piece = outputs.tolist() if isinstance(outputs, np.ndarray) else outputs
+        if all_none(piece):  # the result starts as None: nothing to do
             continue
-        result[positions] = np.fromiter(values, dtype=object, count=len(positions))
+        where.append(positions)
+        values.append(piece)
+    if where:
+        at = where[0] if len(where) == 1 else np.concatenate(where)
+        result[at] = np.fromiter(itertools.chain.from_iterable(values), dtype=object, count=len(at))
     for pos, exc in sink.errors:
         result[pos] = exc
     return result.tolist()
