@@ -26,7 +26,7 @@ from ray import cloudpickle
 
 from shardyard.actors.concurrency import Runner
 from shardyard.actors.shard import Shard
-from shardyard.protocol import USER_ERRORS, ItemFailure, all_none
+from shardyard.protocol import USER_ERRORS, ItemFailure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,18 +116,30 @@ def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
     return out, failures
 
 
+# Outputs of these exact types always pickle: a list of them needs no trial pickling.
+_ALWAYS_PICKLE = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def ensure_picklable(outputs: Outputs, failures: list[ItemFailure]) -> BatchResult:
     """Turn outputs that cannot be pickled into failures of their items.
 
     An unpicklable output would otherwise fail the whole Ray call when Ray serialises the
     reply, taking the other shards' batches of that call with it (although they ran).
-    Numeric arrays always pickle; lists and object arrays are checked, item by item only
-    when the whole fails.
+    Numeric arrays and lists of plain scalars always pickle; other lists and object arrays
+    are checked, item by item only when the whole fails.
+
+    Example:
+        >>> ensure_picklable([1, "a", None], [])
+        ([1, 'a', None], [])
+        >>> import threading
+        >>> out, failures = ensure_picklable([1, threading.Lock()], [])
+        >>> out[0], out[1] is None, [f.position for f in failures]
+        (1, True, [1])
     """
     if _is_array(outputs) and outputs.dtype != object:
         return outputs, failures
-    if isinstance(outputs, list) and all_none(outputs):
-        return outputs, failures  # a Shard's process_item that returns nothing
+    if isinstance(outputs, list) and set(map(type, outputs)) <= _ALWAYS_PICKLE:
+        return outputs, failures  # plain scalars (or nothing, from a process_item): in C
     try:
         cloudpickle.dumps(outputs)
         return outputs, failures
