@@ -23,18 +23,65 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import pickle
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray import cloudpickle
 
-__all__ = ["combine_all", "private_copy"]
+__all__ = ["combine_all", "combine_two", "counters_added", "private_copy"]
 
 
 def private_copy(value: Any) -> Any:
     """A deep copy through pickle (the fastest general one), so ``combine`` may update it."""
     return pickle.loads(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _positive_counts(counter: Counter[Any]) -> bool:
+    counts = counter.values()
+    return not counter or (set(map(type, counts)) == {int} and min(counts) > 0)
+
+
+def counters_added(parts: Sequence[Any]) -> Counter[Any] | None:
+    """``parts[0] + parts[1] + ...`` when they are ``Counter`` s of positive ``int`` counts
+    and no key is in two of them, built by ``dict.update`` (in C); else ``None``.
+
+    The common case of a keyed count: each shard counts its own keys, so the partials do
+    not overlap, and ``Counter.__add__`` (a Python loop over every key) would give their
+    union. Anything else (a shared key, a count that is not a positive int, a subclass)
+    gives ``None``, and the caller combines as usual.
+
+    Example:
+        >>> counters_added([Counter(a=1), Counter(b=2)])
+        Counter({'b': 2, 'a': 1})
+        >>> counters_added([Counter(a=1), Counter(a=2)]) is None  # a shared key
+        True
+    """
+    if len(parts) < 2 or any(type(p) is not Counter for p in parts):
+        return None
+    if not all(_positive_counts(p) for p in parts):
+        return None
+    out: Counter[Any] = Counter()
+    for part in parts:
+        dict.update(out, part)
+    return out if len(out) == sum(map(len, parts)) else None
+
+
+def combine_two(combine: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
+    """``combine(a, b)``, through :func:`counters_added` where that gives the same.
+
+    Example:
+        >>> import operator
+        >>> combine_two(operator.add, Counter(a=1), Counter(b=1)) == Counter(a=1, b=1)
+        True
+    """
+    if combine is operator.add:
+        fast = counters_added([a, b])
+        if fast is not None:
+            return fast
+    return combine(a, b)
 
 
 def combine_all(parts: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
@@ -44,6 +91,10 @@ def combine_all(parts: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any
     """
     if not parts:
         return None
+    if combine is operator.add:
+        fast = counters_added(parts)  # a new Counter: private already
+        if fast is not None:
+            return fast
     acc = private_copy(parts[0])
     if len(parts) == 1:
         return acc

@@ -37,7 +37,7 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
-from shardyard.actors.combine import combine_all
+from shardyard.actors.combine import combine_all, combine_two
 from shardyard.actors.concurrency import Runner
 from shardyard.actors.handler import ensure_picklable, pickle_each, run_batch
 from shardyard.actors.memo import memo_of, memoize
@@ -437,7 +437,7 @@ class ShardActor:
         mine = self._reduced.get(rid)
         if mine is None:  # dropped meanwhile (the driver gave up on this reduce)
             raise KeyError(f"reduce {rid} was abandoned")
-        combined = combine(mine, other)
+        combined = combine_two(combine, mine, other)
         if rid in self._reduced:
             self._reduced[rid] = combined
         return self._incarnation

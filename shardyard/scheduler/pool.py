@@ -33,6 +33,7 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from shardyard.actors.combine import combine_two
 from shardyard.actors.shard import Shard
 from shardyard.actors.shard_actor import remote_shard_actor
 from shardyard.actors.shared import check_shared
@@ -1629,7 +1630,7 @@ def _tree_combine(
     # result anyway, and two halves cost no more to load than the whole, so this saves
     # moving one half between actors.
     values = ray.get([holders[h].give.remote(rid, acks.get(h)) for h in live], timeout=timeout)
-    return values[0] if len(values) == 1 else combine(values[0], values[1])
+    return values[0] if len(values) == 1 else combine_two(combine, values[0], values[1])
 
 
 def _check_fits(num_actors: int, cpus_per_actor: float | None) -> None:
