@@ -397,11 +397,11 @@ class ActorPool:
             self._reap()
             if not self.has_next():
                 raise StopIteration("No more results to get")
-            if not self._run_queued_behind_dropped(_deadline(timeout)):
-                raise TimeoutError("no queued submit got an actor in time")
+            deadline = _deadline(timeout)
+            if not self._run_queued_behind_dropped(deadline):
+                self._queued_timed_out(ignore_if_timedout)
             if self._next_return_index >= self._next_task_index:
                 raise ValueError("It is not allowed to call get_next() after get_next_unordered().")
-            deadline = _deadline(timeout)
             while True:
                 task = self._tasks[self._next_return_index]
                 if task.error is None:
@@ -442,7 +442,7 @@ class ActorPool:
                 raise StopIteration("No more results to get")
             deadline = _deadline(timeout)
             if not self._run_queued_behind_dropped(deadline):
-                raise TimeoutError("no queued submit got an actor in time")
+                self._queued_timed_out(ignore_if_timedout)
             while True:
                 if self._failed:
                     return self._take(self._failed[min(self._failed)], ordered=False)
@@ -950,6 +950,17 @@ class ActorPool:
             if not self._wait_any_completed(watched, deadline):
                 return False
         return True
+
+    def _queued_timed_out(self, ignore: bool) -> None:
+        """No queued submit got an actor in time (they wait behind dropped calls): Ray's
+        TimeoutError; with ``ignore``, the first of them is dropped first, as Ray drops the
+        call it waited for (so a ``map``, which ignores what is not ready, moves on)."""
+        if not ignore:
+            raise TimeoutError(_TIMEOUT_MSG)
+        entry = self._pending_submits.pop(0)
+        err = TimeoutError(f"{_TIMEOUT_MSG}. A queued submit has been ignored.")
+        _resolve(entry.future, None, err)
+        raise err
 
     def _wait_queued(self, task: _Task, deadline: float | None) -> bool:
         """Settle completed calls until the queued retry ``task`` runs; False on timeout."""

@@ -196,12 +196,12 @@ class WireCall:
         import numpy as np  # the driver's side: numpy is loaded there
 
         first = wires[0].items
-        if not isinstance(first, np.ndarray) or first.ndim != 1 or first.dtype.hasobject:
-            return wires
+        if type(first) is not np.ndarray or first.ndim != 1 or first.dtype.hasobject:
+            return wires  # (a subclass, e.g. a masked array, would lose what it adds)
         dtype = first.dtype
         for w in wires:
             items = w.items
-            if not isinstance(items, np.ndarray) or items.ndim != 1 or items.dtype != dtype:
+            if type(items) is not np.ndarray or items.ndim != 1 or items.dtype != dtype:
                 return wires
         heads = np.empty((len(wires), 7), dtype=np.int64)
         heads[:, :6] = [(*w[:4], w.pickled, w.keyless) for w in wires]

@@ -992,6 +992,46 @@ def test_amap_consumer_cancelled_mid_stream_stops_there(
     _pool_is_clean_and_usable(pool)
 
 
+@pytest.mark.timeout(GUARD)
+def test_a_map_after_a_cancelled_amap_whose_calls_still_run_does_not_wait_for_them(
+    ray_local: Any, kill_later: list[Any]
+) -> None:
+    """Both actors still run a cancelled amap's calls (held by a gate), and a submit waits
+    behind them: the next map ignores that submit at once (as Ray's map ignores earlier
+    results not ready) instead of polling for it, with the pool lock held, until the
+    dropped calls end; its own values then wait for an actor and come out exact."""
+    actors = [Worker.remote() for _ in range(2)]
+    gate = Gate.remote()
+    kill_later += [*actors, gate]
+    pool = ActorPool(actors)
+
+    async def cancel_while_running() -> None:
+        async def consume() -> None:
+            async for _ in pool.amap(lambda a, v: a.gated.remote(gate, v), [0, 1]):
+                pass
+
+        task = asyncio.create_task(consume())
+        while pool._next_task_index < 2:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_while_running())
+    queued = pool.submit(double, 99)  # both actors are busy with dropped calls
+    assert pool.has_next()
+    started: dict[str, Any] = {}
+    mapping = threading.Thread(target=lambda: started.setdefault("it", pool.map(double, [1, 2])))
+    mapping.start()
+    mapping.join(timeout=30)  # a guard: before the fix, map() waited for the gate forever
+    assert not mapping.is_alive(), "map() waited for the dropped calls"
+    with pytest.raises(TimeoutError, match="ignored"):
+        queued.result(timeout=0)
+    ray.get(gate.open.remote())
+    assert list(started["it"]) == [2, 4]
+    assert not pool.has_next()
+
+
 def test_await_futures_of_queued_submits(ray_local: Any, kill_later: list[Any]) -> None:
     actors = [Worker.remote()]
     kill_later += actors

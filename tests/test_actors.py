@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -87,6 +88,32 @@ def test_crossed_calls_each_waiting_for_a_batch_of_the_other_both_finish(actor: 
     assert [(r.shard_id, r.seq) for r in replies] == [(0, 1), (1, 0), (1, 1), (0, 0)]
     assert _log(actor, 0) == ["a0", "a1"]
     assert _log(actor, 1) == ["b0", "b1"]
+
+
+class AwaitableProcess(Shard):
+    """A plain ``def process`` that hands back a coroutine (as a decorated ``async def``
+    does): the actor awaits it, and the shards of one call must wait side by side."""
+
+    def process(self, batch: Any) -> Any:
+        async def later() -> list[tuple[float, float]]:
+            start = time.monotonic()
+            await asyncio.sleep(0.2)
+            return [(start, time.monotonic())] * len(batch)
+
+        return later()
+
+
+def test_a_sync_process_returning_an_awaitable_runs_its_shards_side_by_side() -> None:
+    a = remote_shard_actor().remote(AwaitableProcess, False, 0)
+    try:
+        ray.get(a.host.remote([HostRequest(s, 1, None) for s in range(8)]))
+        reply = ray.get(a.run.remote([_work(s, 1, 0, [s]) for s in range(8)]), timeout=60)
+        spans = [r.outputs[0] for r in reply.replies]
+        assert len(spans) == 8
+        # Run one after another, the last would start after the first ended.
+        assert max(start for start, _ in spans) < min(end for _, end in spans)
+    finally:
+        ray.kill(a, no_restart=True)
 
 
 def test_a_batch_of_another_generation_is_never_applied(actor: Any) -> None:

@@ -9,10 +9,9 @@ bounded pool of ``max_concurrency`` daemon threads (started lazily):
   its voluntary context switches). It blocked when it waited (wall minus CPU) at least
   ``BLOCK_MIN_S`` and at least as long as it computed, and the thread gave up the CPU of
   its own accord (sleep, I/O, a lock; a thread merely preempted on a busy machine has only
-  involuntary switches). Per-item calls are timed in stretches of 1, 2, 4, ... items
-  (8, 16, ... after a batch that took less than ``BLOCK_MIN_S`` in all), so a batch that
-  starts blocking hands its remaining items to the threads after its first blocking
-  stretches; a whole-batch call (``batched=True``, ``Shard.process``) is one
+  involuntary switches). Per-item calls are timed in stretches of 1, 2, 4, ... items, so a
+  batch that starts blocking hands its remaining items to the threads after its first
+  blocking stretch; a whole-batch call (``batched=True``, ``Shard.process``) is one
   stretch, and the batches after it go to the threads.
 * *Back to the loop*: in the threads, calls are timed too; when a batch's calls took less
   than ``FAST_CALL_S`` each on average (waits included), threads cost more than they
@@ -67,18 +66,10 @@ try:
 except (ImportError, AttributeError):  # not Linux: the switch count is not available
     _RUSAGE_THREAD = None
 
-__all__ = [
-    "BLOCK_MIN_S",
-    "FAST_CALL_S",
-    "FAST_FIRST_STRETCH",
-    "BlockingVerdict",
-    "Runner",
-    "run_items",
-]
+__all__ = ["BLOCK_MIN_S", "FAST_CALL_S", "BlockingVerdict", "Runner", "run_items"]
 
 BLOCK_MIN_S = 0.001  # a stretch on the loop that waited less than this did not block
 FAST_CALL_S = 0.0001  # calls in threads faster than this on average go back to the loop
-FAST_FIRST_STRETCH = 8  # a batch's first stretch after one that ran fast (else 1 item)
 
 T = TypeVar("T")
 BatchResult = tuple[list[Any], list[ItemFailure]]
@@ -252,7 +243,6 @@ class Runner:
         self._threads: _DaemonThreads | None = None  # started on the first blocking call
         self._in_threads = 0  # units of work handed to the threads and not finished
         self._permits: asyncio.Semaphore | None = None  # of async calls, made on the loop
-        self._first_step = 1  # items in a batch's first stretch on the loop
 
     # --- sync -------------------------------------------------------------------------------
 
@@ -293,7 +283,7 @@ class Runner:
         returns how many ran."""
         n = len(items)
         t0, c0, s0 = time.perf_counter(), time.thread_time(), _voluntary_switches()
-        pos, step, wall = 0, self._first_step, 0.0
+        pos, step = 0, 1
         while pos < n:
             end = min(n, pos + step)
             run_items(fn, items, pos, end, out, failures)
@@ -302,11 +292,7 @@ class Runner:
             if wall >= BLOCK_MIN_S:
                 cpu, switches = time.thread_time() - c0, _voluntary_switches() - s0
                 if self.verdict.on_loop(wall, cpu, switches, calls=pos):
-                    self._first_step = 1
                     return pos
-        # A whole batch that went by without blocking: the next starts with a longer
-        # stretch (fewer clock reads), still short enough to notice a change quickly.
-        self._first_step = FAST_FIRST_STRETCH if wall < BLOCK_MIN_S else 1
         return pos
 
     async def call(self, fn: Callable[[], T]) -> T:

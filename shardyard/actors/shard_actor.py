@@ -481,14 +481,16 @@ class ShardActor:
 
 
 def _is_sync(handler: type[Shard] | Callable[[Any], Any]) -> bool:
-    """Whether ``handler``'s calls are plain sync calls (a function, or a ``Shard`` whose
-    ``process`` and ``process_item`` are not ``async def``)."""
+    """Whether nothing of ``handler``'s calls is ever awaited: a ``Shard`` that works item
+    by item with a plain ``def process_item``, or a plain function (not ``async def``, not
+    an object with an ``async def __call__``). A ``Shard`` with its own ``process`` is not:
+    a plain ``def process`` may return an awaitable, which ``run_batch`` awaits."""
     if isinstance(handler, type) and issubclass(handler, Shard):
-        return not (
-            inspect.iscoroutinefunction(handler.process)
-            or inspect.iscoroutinefunction(handler.process_item)
+        return handler.process is Shard.process and not inspect.iscoroutinefunction(
+            handler.process_item
         )
-    return not inspect.iscoroutinefunction(handler)  # as run_batch tells them apart
+    call = inspect.getattr_static(type(handler), "__call__", None)
+    return not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call))
 
 
 def _memo_counters(instance: Any) -> dict[str, int] | None:
