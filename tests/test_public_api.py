@@ -36,6 +36,7 @@ def test_top_level_exports_the_engine() -> None:
         "shardyard",
         "shardyard.config",
         "shardyard.errors",
+        "shardyard.actors.combine",
         "shardyard.actors.concurrency",
         "shardyard.actors.shard",
         "shardyard.protocol",

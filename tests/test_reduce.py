@@ -7,14 +7,17 @@ partials are never changed (reducing twice gives the same answer), both kinds of
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardyard import Shard, ShardPool
-from shardyard.actors.combine import combine_all
+from shardyard.actors.combine import combine_all, counters_added
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -109,3 +112,32 @@ def test_combine_all_folds_in_place_or_builds_a_tree_and_never_changes_a_part() 
     only = [{"a": 1}]
     copy = combine_all(only, operator.or_)
     assert copy == only[0] and copy is not only[0]
+
+
+_counts = st.one_of(st.integers(-2, 3), st.booleans(), st.sampled_from([1.5, 0.0]))
+_counters = st.lists(
+    st.dictionaries(st.sampled_from("abcdefgh"), _counts, max_size=4).map(Counter),
+    min_size=2,
+    max_size=5,
+)
+
+
+@given(_counters)
+def test_counters_added_is_counter_addition_whenever_it_answers(parts: list[Any]) -> None:
+    """The C path of reduce(operator.add) gives exactly what a + b + ... gives (keys, counts
+    and their order), or declines; it never changes a partial (live shard state)."""
+    before = [Counter(p) for p in parts]
+    got = counters_added(parts)
+    assert parts == before
+    expected = functools.reduce(operator.add, parts)
+    if got is not None:
+        assert got == expected and list(got) == list(expected)
+        assert all(type(v) is int for v in got.values())
+
+
+def test_counters_added_declines_shared_keys_and_odd_counts() -> None:
+    assert counters_added([Counter(a=1), Counter(b=2)]) == Counter(a=1, b=2)
+    assert counters_added([Counter(a=1), Counter(a=1)]) is None  # a shared key
+    assert counters_added([Counter(a=1), Counter(b=0)]) is None  # a + b drops b
+    assert counters_added([Counter(a=1), Counter(b=True)]) is None  # a bool count
+    assert counters_added([Counter(a=1), {"b": 1}]) is None  # not a Counter
