@@ -903,6 +903,17 @@ def test_async_twins_do_not_block_the_loop(ray_local: Any, kill_later: list[Any]
     assert asyncio.run(main()) == [2, 4]
 
 
+async def _cancel_once_submitted(pool: ActorPool, consume: Any, submitted: int) -> None:
+    """Run ``consume`` (a coroutine iterating an amap) as a task, cancel it once the pool
+    has submitted ``submitted`` values, and check that the cancel reached it."""
+    task = asyncio.create_task(consume)
+    while pool._next_task_index < submitted:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def _pool_is_clean_and_usable(pool: ActorPool) -> None:
     """Nothing of a cancelled map is left, and the pool maps and submits again."""
     assert not pool.has_next()
@@ -939,12 +950,7 @@ def test_cancelled_amap_stops_submitting_and_drops_its_results(
             async for v in amap(work, range(400)):
                 got.append(v)
 
-        task = asyncio.create_task(consume())
-        while pool._next_task_index < 3:
-            await asyncio.sleep(0.005)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await _cancel_once_submitted(pool, consume(), 3)
         return got
 
     got = asyncio.run(main())
@@ -1005,19 +1011,11 @@ def test_a_map_after_a_cancelled_amap_whose_calls_still_run_does_not_wait_for_th
     kill_later += [*actors, gate]
     pool = ActorPool(actors)
 
-    async def cancel_while_running() -> None:
-        async def consume() -> None:
-            async for _ in pool.amap(lambda a, v: a.gated.remote(gate, v), [0, 1]):
-                pass
+    async def consume() -> None:
+        async for _ in pool.amap(lambda a, v: a.gated.remote(gate, v), [0, 1]):
+            pass
 
-        task = asyncio.create_task(consume())
-        while pool._next_task_index < 2:
-            await asyncio.sleep(0.005)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(cancel_while_running())
+    asyncio.run(_cancel_once_submitted(pool, consume(), 2))
     queued = pool.submit(double, 99)  # both actors are busy with dropped calls
     assert pool.has_next()
     started: dict[str, Any] = {}

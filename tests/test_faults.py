@@ -83,6 +83,19 @@ def _kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _kill_each_once_busy(pool: ShardPool, after_items: int) -> None:
+    """SIGKILL actor 0, then actor 1, each once it has run ``after_items`` items (while a
+    map runs), waiting for each one's new process."""
+    for actor in (0, 1):
+        deadline = time.monotonic() + 60
+        while pool.stats().actors[actor].items < after_items:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        old = _pid(pool, actor)
+        _kill(old)
+        _new_pid(pool, actor, old)
+
+
 def _expected(items: list[int]) -> Counter[int]:
     return Counter(x % 1000 for x in items)
 
@@ -123,14 +136,7 @@ def test_four_kills_over_both_actors_busy_and_idle() -> None:
         out: dict[str, Any] = {}
         runner = threading.Thread(target=lambda: out.setdefault("r", pool.map(items, keys=items)))
         runner.start()
-        for actor in (0, 1):  # busy kills, one per actor
-            deadline = time.monotonic() + 60
-            while pool.stats().actors[actor].items < 2000:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            old = _pid(pool, actor)
-            _kill(old)
-            _new_pid(pool, actor, old)
+        _kill_each_once_busy(pool, after_items=2000)
         runner.join(timeout=240)
         assert not runner.is_alive()
         for actor in (0, 1):  # idle kills after the work is done
@@ -186,14 +192,7 @@ def test_calls_of_many_small_batches_survive_busy_kills_exactly(monkeypatch: Any
 
         runner = threading.Thread(target=run)
         runner.start()
-        for actor in (0, 1):
-            deadline = time.monotonic() + 60
-            while pool.stats().actors[actor].items < 15_000:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            old = _pid(pool, actor)
-            _kill(old)
-            _new_pid(pool, actor, old)
+        _kill_each_once_busy(pool, after_items=15_000)
         runner.join(timeout=240)
         assert not runner.is_alive()
         result = out["r"]
