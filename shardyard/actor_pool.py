@@ -398,8 +398,7 @@ class ActorPool:
             if not self.has_next():
                 raise StopIteration("No more results to get")
             deadline = _deadline(timeout)
-            if not self._run_queued_behind_dropped(deadline):
-                self._queued_timed_out(ignore_if_timedout)
+            self._run_queued_behind_dropped(deadline, ignore_if_timedout)
             if self._next_return_index >= self._next_task_index:
                 raise ValueError("It is not allowed to call get_next() after get_next_unordered().")
             while True:
@@ -441,8 +440,7 @@ class ActorPool:
             if not self.has_next():
                 raise StopIteration("No more results to get")
             deadline = _deadline(timeout)
-            if not self._run_queued_behind_dropped(deadline):
-                self._queued_timed_out(ignore_if_timedout)
+            self._run_queued_behind_dropped(deadline, ignore_if_timedout)
             while True:
                 if self._failed:
                     return self._take(self._failed[min(self._failed)], ordered=False)
@@ -548,7 +546,7 @@ class ActorPool:
                 except StopIteration as stop:
                     raise StopAsyncIteration(*stop.args) from None
 
-    async def amap(self, fn: Callable[[Any, V], Any], values: Iterable[V]) -> AsyncIterator[Any]:
+    def amap(self, fn: Callable[[Any, V], Any], values: Iterable[V]) -> AsyncIterator[Any]:
         """``map`` for asyncio: an async iterator of results in order.
 
         The eager part (earlier results, then every submit, which may block under
@@ -560,31 +558,24 @@ class ActorPool:
         Each result gives the event loop a turn, even when it was already in hand, so a
         long map never starves the loop's other tasks.
         """
-        run = _MapRun()
-        try:
-            await asyncio.to_thread(self._start_map, fn, values, True, run)
-            while self.has_next():
-                yield await self.aget_next()
-                # A result already in hand is taken without suspending: give the loop a
-                # turn per item, so other tasks run and a cancel lands mid-stream.
-                await asyncio.sleep(0)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):  # cancelled, closed or interrupted
-                self._cancel_run(run)
-            raise
+        return self._amap(fn, values, ordered=True)
 
-    async def amap_unordered(
+    def amap_unordered(
         self, fn: Callable[[Any, V], Any], values: Iterable[V]
     ) -> AsyncIterator[Any]:
         """``map_unordered`` for asyncio: an async iterator of results as they complete.
 
         Cancelling (or closing) it drops the map's outstanding calls, as for :meth:`amap`.
         """
+        return self._amap(fn, values, ordered=False)
+
+    async def _amap(self, fn: Fn, values: Iterable[Any], ordered: bool) -> AsyncIterator[Any]:
         run = _MapRun()
+        take = self.aget_next if ordered else self.aget_next_unordered
         try:
-            await asyncio.to_thread(self._start_map, fn, values, False, run)
+            await asyncio.to_thread(self._start_map, fn, values, ordered, run)
             while self.has_next():
-                yield await self.aget_next_unordered()
+                yield await take()
                 # A result already in hand is taken without suspending: give the loop a
                 # turn per item, so other tasks run and a cancel lands mid-stream.
                 await asyncio.sleep(0)
@@ -928,13 +919,15 @@ class ActorPool:
         self._requeued -= 1
         self._changed()
 
-    def _run_queued_behind_dropped(self, deadline: float | None) -> bool:
-        """Wait until queued submits run when only dropped calls hold the actors; False
-        on timeout.
+    def _run_queued_behind_dropped(self, deadline: float | None, ignore: bool) -> None:
+        """Wait until queued submits run when only dropped calls hold the actors.
 
         A cancelled map's calls still running keep their actors (``_drop``) but no
         longer count as results: submits queued behind them have no call to wait on
-        yet. Settle completed calls until one of them is dispatched.
+        yet. Settle completed calls until one of them is dispatched. On timeout, Ray's
+        TimeoutError; with ``ignore``, the first queued submit is dropped first, as Ray
+        drops the call it waited for (so a ``map``, which ignores what is not ready,
+        moves on).
         """
         while (
             not self._future_to_actor
@@ -946,21 +939,14 @@ class ActorPool:
             self._promote()
             watched = self._watched_busy()
             if self._future_to_actor or not watched:
-                break
+                return
             if not self._wait_any_completed(watched, deadline):
-                return False
-        return True
-
-    def _queued_timed_out(self, ignore: bool) -> None:
-        """No queued submit got an actor in time (they wait behind dropped calls): Ray's
-        TimeoutError; with ``ignore``, the first of them is dropped first, as Ray drops the
-        call it waited for (so a ``map``, which ignores what is not ready, moves on)."""
-        if not ignore:
-            raise TimeoutError(_TIMEOUT_MSG)
-        entry = self._pending_submits.pop(0)
-        err = TimeoutError(f"{_TIMEOUT_MSG}. A queued submit has been ignored.")
-        _resolve(entry.future, None, err)
-        raise err
+                if not ignore:
+                    raise TimeoutError(_TIMEOUT_MSG)
+                entry = self._pending_submits.pop(0)
+                err = TimeoutError(f"{_TIMEOUT_MSG}. A queued submit has been ignored.")
+                _resolve(entry.future, None, err)
+                raise err
 
     def _wait_queued(self, task: _Task, deadline: float | None) -> bool:
         """Settle completed calls until the queued retry ``task`` runs; False on timeout."""

@@ -280,12 +280,11 @@ class ReplyColumns:
         else ``replies`` itself."""
         if len(replies) < PACK_MIN_BATCHES:
             return replies
-        for r in replies:
-            if type(r) is not BatchReply or r.failures or type(r.outputs) is not list:
-                return replies
         heads: list[int] = []
         outputs: list[Any] = []
         for r in replies:
+            if type(r) is not BatchReply or r.failures or type(r.outputs) is not list:
+                return replies
             outputs += r.outputs
             heads += (r.shard_id, r.gen, r.seq, len(outputs))
         return ReplyColumns(heads, outputs)

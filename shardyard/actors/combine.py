@@ -79,11 +79,13 @@ def combine_two(combine: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
         >>> combine_two(operator.add, Counter(a=1), Counter(b=1)) == Counter(a=1, b=1)
         True
     """
-    if combine is operator.add:
-        fast = counters_added([a, b])
-        if fast is not None:
-            return fast
-    return combine(a, b)
+    fast = _added(combine, [a, b])
+    return combine(a, b) if fast is None else fast
+
+
+def _added(combine: Callable[[Any, Any], Any], parts: Sequence[Any]) -> Counter[Any] | None:
+    """:func:`counters_added` of ``parts`` when ``combine`` is ``operator.add``."""
+    return counters_added(parts) if combine is operator.add else None
 
 
 def combine_all(parts: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
@@ -93,10 +95,9 @@ def combine_all(parts: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any
     """
     if not parts:
         return None
-    if combine is operator.add:
-        fast = counters_added(parts)  # a new Counter: private already
-        if fast is not None:
-            return fast
+    fast = _added(combine, parts)  # a new Counter: private already
+    if fast is not None:
+        return fast
     acc = private_copy(parts[0])
     if len(parts) == 1:
         return acc
