@@ -331,6 +331,31 @@ def test_long_generator_runs_in_bounded_memory() -> None:
     assert max_ahead <= 50_000 + 2 * 10_000
 
 
+def test_map_unordered_closed_early_reads_no_further_and_the_pool_goes_on() -> None:
+    """``map_unordered`` returns an iterator stepped in C; like a generator it can be closed:
+    an endless input is read no further, and the pool serves the next call exactly."""
+    read = 0
+
+    def endless() -> Any:
+        nonlocal read
+        while True:
+            read += 1
+            yield read
+
+    with ShardPool(lambda x: x * 2, num_actors=2, max_pending_items=2_000, chunk_size=500) as pool:
+        it = pool.map_unordered(endless())
+        assert iter(it) is it
+        got = [next(it) for _ in range(1_200)]
+        it.close()
+        assert len(set(got)) == 1_200 and all(y % 2 == 0 for y in got)
+        after = read
+        assert after <= 2_000 + 2 * 500  # the pending bound and a chunk ahead, no more
+        assert pool.map(range(1_000)) == [2 * x for x in range(1_000)]
+        assert read == after  # nothing more was read after close()
+        with pytest.raises(StopIteration):
+            next(it)
+
+
 def test_stats_report_shards_and_actors() -> None:
     with ShardPool(WordCount, num_actors=2, num_shards=6) as pool:
         words = _words(3000, seed=1)
