@@ -211,8 +211,9 @@ class PoolConfig(_ConfigBase):
         max_pending_items: items a single producer may have submitted but not yet
             finished before it blocks (bounds the driver's memory on long inputs).
         chunk_size: items a producer reads from its input and partitions at a time. Left at
-            its default, a pool of many shards reads more: 64 items per shard (up to
-            ``max_pending_items``), so every shard a chunk touches gets a batch worth a call.
+            its default, a pool of many shards or actors reads more: 64 items per shard and
+            8,192 per actor (up to ``max_pending_items``), so every shard a chunk touches gets
+            a batch, and every actor a call, worth its cost.
         max_retries: how many deaths of one actor are recovered from (Ray restarts it;
             its shards are restored and the unfinished batches resent).
         checkpoint_every: batches between snapshots of a stateful shard, taken in-stream;

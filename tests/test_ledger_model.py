@@ -1457,3 +1457,64 @@ def test_retire_voids_the_calls_in_flight() -> None:
     dispatch.retire(0)
     slot = dispatch.actors[0]
     assert slot.retired and slot.inflight == 0 and not slot.alone
+
+
+def _probe_pool() -> tuple[Ledger, Dispatch]:
+    ledger = Ledger([0, 1], stateful=False, checkpoint_every=None)
+    dispatch = Dispatch(ledger, [[0], [1]], max_batch=100, max_inflight=2)
+    for sid in (0, 1):
+        ledger.placed(sid, 0)
+    return ledger, dispatch
+
+
+def _sizes(calls: list[list[Batch]]) -> list[list[int]]:
+    return [[b.size for b in call] for call in calls]
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_a_new_producer_sends_one_probe_for_the_whole_pool(keyed: bool) -> None:
+    """The first item of a new map goes alone, once for the pool: the other actors hold that
+    map's items back (and say until when) instead of each sending one-item calls; once
+    something of it finished, the waiters are handed to the core to kick and send it all."""
+    from shardyard.scheduler.dispatch import PROBE_WAIT_S
+    from shardyard.scheduler.sinks import MapSink
+
+    _, dispatch = _probe_pool()
+    sink = MapSink(1_000, keep=True)
+    for sid in (0, 1):
+        seg = Segment(sink, np.arange(10) + 10 * sid, list(range(10)), None)
+        if keyed:
+            dispatch.enqueue(sid, seg)
+        else:
+            dispatch.enqueue_pull(seg)
+    calls, hold = dispatch.next_calls(0, 5.0)
+    assert _sizes(calls) == [[1]]  # the probe, and nothing after it
+    assert hold == 5.0 + PROBE_WAIT_S
+    calls, hold = dispatch.next_calls(1, 5.1)
+    assert calls == [] and hold == 5.0 + PROBE_WAIT_S  # held: the probe is out
+    assert 1 in dispatch.take_probe_waiters()
+    assert dispatch.take_probe_waiters() == []  # handed out once
+    sink.finished = 1  # the probe's item ended (Core._flush delivered it)
+    calls, hold = dispatch.next_calls(1, 5.2)
+    assert hold is None
+    if keyed:
+        assert _sizes(calls) == [[10]]
+    else:  # keyless: shares of what is left (guided self-scheduling), both call slots used
+        assert len(calls) == 2 and all(sum(c) > 1 for c in _sizes(calls))
+    assert dispatch.take_probe_waiters() == []
+
+
+def test_a_probe_out_too_long_lets_the_next_actor_probe_for_itself() -> None:
+    """A probe whose item is slow or hangs holds the other actors ``PROBE_WAIT_S`` at most:
+    then the next one sends a probe of its own (no map waits on one hung item for good)."""
+    from shardyard.scheduler.dispatch import PROBE_WAIT_S
+    from shardyard.scheduler.sinks import MapSink
+
+    _, dispatch = _probe_pool()
+    sink = MapSink(1_000, keep=True)
+    for sid in (0, 1):
+        dispatch.enqueue(sid, Segment(sink, np.arange(10) + 10 * sid, list(range(10)), None))
+    assert _sizes(dispatch.next_calls(0, 0.0)[0]) == [[1]]
+    assert dispatch.next_calls(1, PROBE_WAIT_S / 2)[0] == []
+    calls, hold = dispatch.next_calls(1, PROBE_WAIT_S)
+    assert _sizes(calls) == [[1]] and hold == 2 * PROBE_WAIT_S  # its own probe

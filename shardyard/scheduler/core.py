@@ -1318,7 +1318,12 @@ class Core:
         with self._lock:
             for sid, seg, _, _ in out:
                 self.dispatch.finished(sid, len(seg))
+            waiters = self.dispatch.take_probe_waiters()
         self.completion.finished(by_epoch)
+        if waiters and not self._closing and self._loop.is_running():
+            # They held a producer's items back while its one probe was out (see dispatch).
+            for a in waiters:
+                self._loop.call_soon_threadsafe(self._kick_locked, a)
 
     # --- waiting and stats --------------------------------------------------------------------
 

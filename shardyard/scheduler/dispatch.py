@@ -13,8 +13,13 @@ call_budget_s`` seconds whatever the handler costs: an interrupt or a cancel tak
 quickly, and progress moves steadily. The expected cost per item is the larger of the
 actor's recent average and what its oldest unanswered call has taken so far (a call that
 is slow to come back lowers the next ones at once); while unknown, ``FIRST_CALL_ITEMS``.
-The first items of a new producer (a ``map`` whose sink has nothing finished yet) go one
-per call, a probe: a new workload may cost far more per item than the last one did.
+The first item of a new producer (a ``map`` whose sink has nothing finished yet) goes
+alone, a probe: a new workload may cost far more per item than the last one did. One probe
+per producer for the whole pool, not one per actor: the other actors hold that producer's
+items back until something of it has finished (``probe_waiters``; the core kicks them once
+a delivery lands), so a pool of many actors does not pay a round of one-item calls per map.
+A probe out for ``PROBE_WAIT_S`` (a slow or hung item) no longer holds the others: the next
+actor sends a probe of its own, and so on, one every ``PROBE_WAIT_S``.
 Shards of an actor take turns: each call starts after the shard the last one stopped at.
 A suspect batch (see the ledger) goes alone: only once nothing else is in flight on its
 actor, and nothing follows it until it is answered.
@@ -44,9 +49,10 @@ from typing import Any
 from shardyard.scheduler.ledger import Batch, Delivery, Ledger
 from shardyard.scheduler.segments import Segment, take_items
 
-__all__ = ["FIRST_CALL_ITEMS", "SPREAD_COST_S", "ActorSlot", "Dispatch"]
+__all__ = ["FIRST_CALL_ITEMS", "PROBE_WAIT_S", "SPREAD_COST_S", "ActorSlot", "Dispatch"]
 
 FIRST_CALL_ITEMS = 16  # new items per call while an actor's cost per item is unknown
+PROBE_WAIT_S = 0.25  # a producer's items wait this long at most for its probe (then another)
 SPREAD_COST_S = 1e-4  # items this slow share a call's room out over the shards
 
 
@@ -73,6 +79,14 @@ class ActorSlot:
 def _unproven(sink: Any) -> bool:
     """True while nothing of ``sink``'s producer has finished: its items' cost is unknown."""
     return getattr(sink, "finished", 1) == 0
+
+
+def _probe_wait(sink: Any, now: float) -> float | None:
+    """Until when ``sink``'s other items wait for its probe (``None``: send one now)."""
+    sent = getattr(sink, "probe_sent_at", None)
+    if sent is None or now - sent >= PROBE_WAIT_S:
+        return None
+    return float(sent) + PROBE_WAIT_S
 
 
 class Dispatch:
@@ -110,6 +124,9 @@ class Dispatch:
         self._max_inflight = max_inflight
         self._max_wait = max_wait
         self._call_budget = call_budget_s
+        # Actors that held items back while their producer's probe was out: the core kicks
+        # them after the next delivery (take_probe_waiters).
+        self.probe_waiters: set[int] = set()
 
     # --- input ------------------------------------------------------------------------------
 
@@ -146,6 +163,7 @@ class Dispatch:
         slot = self.actors[a]
         calls: list[list[Batch]] = []
         ledger = self.ledger
+        probe_hold: float | None = None  # held for a probe of another actor until then
         while slot.inflight < self._max_inflight and not slot.alone and not slot.failed:
             numbered: list[int] = []  # sendable shards with numbered batches to send first
             if ledger.outboxed:
@@ -191,15 +209,31 @@ class Dispatch:
                     and sid not in numbered
                     and ledger.takes_new(sid)
                 ):
-                    probe = _unproven(self.queues[sid][0].sink)
+                    head = self.queues[sid][0].sink
+                    probe = _unproven(head)
+                    if probe:
+                        until = _probe_wait(head, now)
+                        if until is not None:  # its producer's probe is out: wait for it
+                            self.probe_waiters.add(a)
+                            probe_hold = until if probe_hold is None else min(probe_hold, until)
+                            continue
+                        head.probe_sent_at = now
                     batch = self._cut(sid, 1 if probe else min(room, share))
                     room = 0 if probe else room - batch.size
                     slot.last_served = sid
                     batches.append(batch)
             slot.ready = {s for s in slot.ready if self.queued[s]}
             if self.pull_queued and room > 0:
-                if _unproven(self.pull[0].sink):
-                    room = 1
+                head = self.pull[0].sink
+                if _unproven(head):
+                    until = _probe_wait(head, now)
+                    if until is not None:
+                        self.probe_waiters.add(a)
+                        probe_hold = until if probe_hold is None else min(probe_hold, until)
+                        room = 0
+                    else:
+                        head.probe_sent_at = now
+                        room = 1
                 # Pulled work goes to shards with nothing numbered and no batch in this call:
                 # two batches of a shard in one call come back (if the call fails) as two
                 # solo retries, and one sent before the other would hold the actor.
@@ -209,7 +243,7 @@ class Dispatch:
                     for s in slot.shards
                     if s not in ledger.outboxed and s not in taken and ledger.takes_new(s)
                 ]
-                batches += self._take_pulled(slot, free, room)
+                batches += self._take_pulled(slot, free, room) if room > 0 else []
             if not batches:
                 break
             for b in batches:
@@ -217,7 +251,7 @@ class Dispatch:
             slot.inflight += 1
             slot.sent.append((now, sum(b.size for b in batches)))
             calls.append(batches)
-        return calls, None
+        return calls, probe_hold
 
     def _hold_until(self, slot: ActorSlot, numbered: list[int], now: float) -> float | None:
         # Ray Serve's batch_wait_timeout_s: a partly filled batch waits a little for more.
@@ -293,6 +327,15 @@ class Dispatch:
             take -= n
             batches.append(self.ledger.new_batch(sid, segments))
         return batches
+
+    def take_probe_waiters(self) -> list[int]:
+        """The actors that held items back for a probe (emptied): kick them, something
+        was delivered (a probe's producer is proven once any of its items finished)."""
+        if not self.probe_waiters:
+            return []
+        waiters = sorted(self.probe_waiters)
+        self.probe_waiters.clear()
+        return waiters
 
     def call_done(self, a: int, alone: bool) -> None:
         """A call to actor ``a`` was answered (or failed)."""

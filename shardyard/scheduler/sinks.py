@@ -32,6 +32,8 @@ Failures = list[tuple[int, BaseException]]  # (offset within the segment, except
 class Sink:
     """Receives outputs and failures for segments; called from the core thread."""
 
+    probe_sent_at: float | None = None  # when the dispatch sent this producer's probe
+
     def deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
         raise NotImplementedError
 
