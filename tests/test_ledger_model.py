@@ -1504,9 +1504,10 @@ def test_a_new_producer_sends_one_probe_for_the_whole_pool(keyed: bool) -> None:
     assert dispatch.take_probe_waiters() == []
 
 
-def test_a_probe_out_too_long_lets_the_next_actor_probe_for_itself() -> None:
+def test_a_probe_out_too_long_holds_nobody_any_more() -> None:
     """A probe whose item is slow or hangs holds the other actors ``PROBE_WAIT_S`` at most:
-    then the next one sends a probe of its own (no map waits on one hung item for good)."""
+    then every actor, its own too, sends probes as if there were no shared one (the clock
+    is not reset by them, so no map waits on one hung item for good)."""
     from shardyard.scheduler.dispatch import PROBE_WAIT_S
     from shardyard.scheduler.sinks import MapSink
 
@@ -1517,4 +1518,44 @@ def test_a_probe_out_too_long_lets_the_next_actor_probe_for_itself() -> None:
     assert _sizes(dispatch.next_calls(0, 0.0)[0]) == [[1]]
     assert dispatch.next_calls(1, PROBE_WAIT_S / 2)[0] == []
     calls, hold = dispatch.next_calls(1, PROBE_WAIT_S)
-    assert _sizes(calls) == [[1]] and hold == 2 * PROBE_WAIT_S  # its own probe
+    assert _sizes(calls) == [[1], [1]] and hold is None  # probes of its own, both slots
+    calls, hold = dispatch.next_calls(0, PROBE_WAIT_S + 0.01)
+    assert _sizes(calls) == [[1]] and hold is None  # its second slot too
+
+
+def test_a_probe_is_marked_sent_only_when_a_call_carries_it() -> None:
+    """Found in review: an actor with no shard to take keyless work on (here: it hosts
+    none) marked the producer's probe as sent without sending it, and every actor then held
+    the map back for ``PROBE_WAIT_S`` (each map, when that actor was kicked first)."""
+    from shardyard.scheduler.sinks import MapSink
+
+    ledger = Ledger([1, 1], stateful=False, checkpoint_every=None)
+    dispatch = Dispatch(ledger, [[], [0, 1]], max_batch=100, max_inflight=2)
+    for sid in (0, 1):
+        ledger.placed(sid, 0)
+    sink = MapSink(1_000, keep=True)
+    dispatch.enqueue_pull(Segment(sink, np.arange(20), list(range(20)), None))
+    assert dispatch.next_calls(0, 0.0) == ([], None)  # nothing it could take: no probe
+    calls, hold = dispatch.next_calls(1, 0.0)
+    assert _sizes(calls) == [[1]] and hold is not None  # the probe goes out at once
+
+
+def test_the_cost_per_item_learns_from_evidence_and_rises_at_once() -> None:
+    """``Dispatch.answered``: a call too short to measure its items (a fast probe) cannot
+    raise the cost, a slow probe raises it at once, and a large cheap call brings it down
+    in one step (no rounds of shrunken calls after a probe)."""
+    from shardyard.scheduler.dispatch import CALL_OVERHEAD_S
+
+    _, dispatch = _probe_pool()
+    slot = dispatch.actors[0]
+    dispatch.answered(0, 100_000, 0.0, 0.05, took_s=0.05)
+    assert slot.cost == pytest.approx(5e-7)
+    dispatch.answered(0, 1, 1.0, 1.01, took_s=CALL_OVERHEAD_S / 3)  # a fast probe: its fixed cost
+    assert slot.cost == pytest.approx(5e-7)
+    dispatch.answered(0, 1, 2.0, 2.06, took_s=0.05)  # a probe of 50 ms items: half at once
+    assert slot.cost == pytest.approx(0.5 * 5e-7 + 0.5 * 0.05)
+    dispatch.answered(0, 50_000, 3.0, 3.1, took_s=0.025)  # 0.5 us items again, many of them
+    assert slot.cost < 1e-6
+    before = slot.cost
+    dispatch.answered(0, 1, 4.0, 4.001, took_s=1e-7)  # one item says less: it counts half
+    assert slot.cost == pytest.approx(1 / (0.5 / 1e-7 + 0.5 / before))

@@ -476,6 +476,11 @@ class Core:
             self._timers[a] = False
             self._kick(a)
 
+    def _kick_waiter(self, a: int) -> None:
+        # As _kick_locked, but a hold timer still pending stays counted (no second one).
+        with self._lock:
+            self._kick(a)
+
     def _kick(self, a: int) -> None:
         """Send actor ``a`` what the dispatch policy says it may have now."""
         if self._incarnation[a] is None or self._closing:
@@ -1323,7 +1328,7 @@ class Core:
         if waiters and not self._closing and self._loop.is_running():
             # They held a producer's items back while its one probe was out (see dispatch).
             for a in waiters:
-                self._loop.call_soon_threadsafe(self._kick_locked, a)
+                self._loop.call_soon_threadsafe(self._kick_waiter, a)
 
     # --- waiting and stats --------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ alone, a probe: a new workload may cost far more per item than the last one did.
 per producer for the whole pool, not one per actor: the other actors hold that producer's
 items back until something of it has finished (``probe_waiters``; the core kicks them once
 a delivery lands), so a pool of many actors does not pay a round of one-item calls per map.
-A probe out for ``PROBE_WAIT_S`` (a slow or hung item) no longer holds the others: the next
-actor sends a probe of its own, and so on, one every ``PROBE_WAIT_S``.
+A probe out for ``PROBE_WAIT_S`` (a slow or hung item) no longer holds anyone: from then on
+each actor sends probes of its own, as without a shared probe.
 Shards of an actor take turns: each call starts after the shard the last one stopped at.
 A suspect batch (see the ledger) goes alone: only once nothing else is in flight on its
 actor, and nothing follows it until it is answered.
@@ -52,6 +52,8 @@ from shardyard.scheduler.segments import Segment, take_items
 __all__ = ["FIRST_CALL_ITEMS", "PROBE_WAIT_S", "SPREAD_COST_S", "ActorSlot", "Dispatch"]
 
 FIRST_CALL_ITEMS = 16  # new items per call while an actor's cost per item is unknown
+CALL_OVERHEAD_S = 1e-4  # a call this short in the actor measured its fixed cost, not its items
+COST_PRIOR_ITEMS = 16  # a fall in the cost per item seen on this many items counts half
 PROBE_WAIT_S = 0.25  # a producer's items wait this long at most for its probe (then another)
 SPREAD_COST_S = 1e-4  # items this slow share a call's room out over the shards
 
@@ -82,11 +84,22 @@ def _unproven(sink: Any) -> bool:
 
 
 def _probe_wait(sink: Any, now: float) -> float | None:
-    """Until when ``sink``'s other items wait for its probe (``None``: send one now)."""
+    """Until when ``sink``'s items are held back for its probe (``None``: send one now).
+
+    Only the first probe sets the clock: once ``PROBE_WAIT_S`` passed, its items are slow
+    (or the probe hangs), a call's fixed cost no longer matters, and every actor may send
+    probes of its own, as if there were no shared probe.
+    """
     sent = getattr(sink, "probe_sent_at", None)
     if sent is None or now - sent >= PROBE_WAIT_S:
         return None
     return float(sent) + PROBE_WAIT_S
+
+
+def _probe_sent(sink: Any, now: float) -> None:
+    """A probe of ``sink``'s items went out (only once a batch carries it)."""
+    if getattr(sink, "probe_sent_at", None) is None:
+        sink.probe_sent_at = now
 
 
 class Dispatch:
@@ -217,7 +230,7 @@ class Dispatch:
                             self.probe_waiters.add(a)
                             probe_hold = until if probe_hold is None else min(probe_hold, until)
                             continue
-                        head.probe_sent_at = now
+                        _probe_sent(head, now)  # a shard with queued items: a batch is cut
                     batch = self._cut(sid, 1 if probe else min(room, share))
                     room = 0 if probe else room - batch.size
                     slot.last_served = sid
@@ -225,6 +238,7 @@ class Dispatch:
             slot.ready = {s for s in slot.ready if self.queued[s]}
             if self.pull_queued and room > 0:
                 head = self.pull[0].sink
+                probing = False
                 if _unproven(head):
                     until = _probe_wait(head, now)
                     if until is not None:
@@ -232,8 +246,7 @@ class Dispatch:
                         probe_hold = until if probe_hold is None else min(probe_hold, until)
                         room = 0
                     else:
-                        head.probe_sent_at = now
-                        room = 1
+                        probing, room = True, 1
                 # Pulled work goes to shards with nothing numbered and no batch in this call:
                 # two batches of a shard in one call come back (if the call fails) as two
                 # solo retries, and one sent before the other would hold the actor.
@@ -243,7 +256,10 @@ class Dispatch:
                     for s in slot.shards
                     if s not in ledger.outboxed and s not in taken and ledger.takes_new(s)
                 ]
-                batches += self._take_pulled(slot, free, room) if room > 0 else []
+                pulled = self._take_pulled(slot, free, room) if room > 0 else []
+                if probing and pulled:  # marked only when a batch carries it
+                    _probe_sent(head, now)
+                batches += pulled
             if not batches:
                 break
             for b in batches:
@@ -355,7 +371,18 @@ class Dispatch:
         (the probe), can be a thousand times its handler's work and would shrink the
         calls after it. Without it, the round trip counts from when the actor was free to
         start the call (the later of its send and the previous answer). The cost is a
-        moving average of seconds per item.
+        moving average of seconds per item:
+
+        * A rise counts half at once (the next calls shrink: slower items must not fill
+          the actor with minutes of work).
+        * A call shorter than ``CALL_OVERHEAD_S`` in the actor measured its fixed cost
+          (receiving, replying), not its items: a one-item probe of ``x + 1`` takes ~30
+          us, 100 times the item. It only bounds the cost from above, so it may lower the
+          estimate, never raise it.
+        * A fall counts by the evidence, averaged as items per second: a call of thousands
+          of items replaces the estimate, a call of one item counts half. After a probe,
+          the calls of its actor grow back to full size in one round instead of halving
+          their way down.
         """
         slot = self.actors[a]
         start = max(sent_at, slot.busy_until)
@@ -363,7 +390,17 @@ class Dispatch:
         if items <= 0:
             return
         per_item = (took_s if took_s > 0 else max(0.0, now - start)) / items
-        slot.cost = per_item if slot.cost is None else 0.5 * slot.cost + 0.5 * per_item
+        cost = slot.cost
+        if cost is None:
+            slot.cost = per_item
+        elif per_item > cost:
+            if not 0 < took_s < CALL_OVERHEAD_S:
+                slot.cost = 0.5 * cost + 0.5 * per_item
+        else:
+            # Items per second averaged (a harmonic mean of the costs): a large fast call
+            # outweighs the estimate left by a slow one instead of leaving a fraction of it.
+            weight = max(0.5, items / (items + COST_PRIOR_ITEMS))
+            slot.cost = 1.0 / (weight / max(per_item, 1e-12) + (1.0 - weight) / cost)
 
     def actor_lost(self, a: int) -> None:
         """Actor ``a``'s calls in flight will never be answered: free its slots."""
