@@ -33,7 +33,8 @@ def test_matches_the_reference_algorithm_bit_for_bit(keys: list[int], num_bucket
 
 
 def test_matches_reference_on_many_lanes_with_compaction() -> None:
-    h = np.random.default_rng(2).integers(0, 2**64, size=5000, dtype=np.uint64)
+    # More keys than one block of jump_hash (16,384), and not a multiple of it.
+    h = np.random.default_rng(2).integers(0, 2**64, size=40_000, dtype=np.uint64)
     for n in (2, 64, 65, 1 << 20):
         assert jump_hash(h, n).tolist() == [_reference_jump(int(k), n) for k in h]
 

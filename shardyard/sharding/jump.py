@@ -33,6 +33,9 @@ _TWO31 = float(1 << 31)
 # Lanes are compacted only when this fraction of them has finished: compaction costs a copy of
 # every per-lane array, a masked no-op round costs little more than the arithmetic itself.
 _COMPACT_BELOW = 0.7
+# Keys hashed per block: its dozen per-lane arrays stay in the CPU's cache between the rounds'
+# passes (200k keys: 15.8 -> 11.9 ms at 16 shards, same results).
+_BLOCK = 16384
 
 
 def jump_hash(hashes: npt.NDArray[np.uint64], num_shards: int) -> npt.NDArray[np.int64]:
@@ -55,6 +58,14 @@ def jump_hash(hashes: npt.NDArray[np.uint64], num_shards: int) -> npt.NDArray[np
     out = np.zeros(n, dtype=np.int64)
     if num_shards == 1 or n == 0:
         return out
+    for lo in range(0, n, _BLOCK):
+        _jump_block(h[lo : lo + _BLOCK], num_shards, out[lo : lo + _BLOCK])
+    return out
+
+
+def _jump_block(h: npt.NDArray[np.uint64], num_shards: int, out: npt.NDArray[np.int64]) -> None:
+    """:func:`jump_hash` of ``h`` into ``out`` (a block small enough to stay in cache)."""
+    n = h.size
     k = h.copy()
     b = np.zeros(n, dtype=np.int64)  # current bucket of each live lane
     idx: npt.NDArray[np.intp] | None = None  # live lane -> key position (None: all keys)
@@ -93,7 +104,6 @@ def jump_hash(hashes: npt.NDArray[np.uint64], num_shards: int) -> npt.NDArray[np
         out[:] = b
     else:
         out[idx] = b
-    return out
 
 
 class JumpStrategy(HashedStrategy):
