@@ -1542,9 +1542,10 @@ def test_a_probe_is_marked_sent_only_when_a_call_carries_it() -> None:
 
 def test_the_cost_per_item_learns_from_evidence_and_rises_at_once() -> None:
     """``Dispatch.answered``: a call too short to measure its items (a fast probe) cannot
-    raise the cost, a slow probe raises it at once, and a large cheap call brings it down
-    in one step (no rounds of shrunken calls after a probe)."""
-    from shardyard.scheduler.dispatch import CALL_OVERHEAD_S
+    raise the cost, a slow probe raises it at once, a large cheap call brings it down in one
+    step (no rounds of shrunken calls after a probe), and one fast item among slow ones
+    (one that failed at once) moves it only a little."""
+    from shardyard.scheduler.dispatch import CALL_OVERHEAD_S, COST_PRIOR_ITEMS
 
     _, dispatch = _probe_pool()
     slot = dispatch.actors[0]
@@ -1554,8 +1555,54 @@ def test_the_cost_per_item_learns_from_evidence_and_rises_at_once() -> None:
     assert slot.cost == pytest.approx(5e-7)
     dispatch.answered(0, 1, 2.0, 2.06, took_s=0.05)  # a probe of 50 ms items: half at once
     assert slot.cost == pytest.approx(0.5 * 5e-7 + 0.5 * 0.05)
-    dispatch.answered(0, 50_000, 3.0, 3.1, took_s=0.025)  # 0.5 us items again, many of them
+    slow = slot.cost
+    dispatch.answered(0, 1, 3.0, 3.001, took_s=2e-5)  # one item that failed at once
+    w = 1 / (1 + COST_PRIOR_ITEMS)
+    assert slot.cost == pytest.approx(slow * (2e-5 / slow) ** w)
+    assert slot.cost > slow / 2  # calls stay about as small: the next items may be slow
+    dispatch.answered(0, 50_000, 4.0, 4.1, took_s=0.025)  # 0.5 us items again, many of them
     assert slot.cost < 1e-6
-    before = slot.cost
-    dispatch.answered(0, 1, 4.0, 4.001, took_s=1e-7)  # one item says less: it counts half
-    assert slot.cost == pytest.approx(1 / (0.5 / 1e-7 + 0.5 / before))
+
+
+def test_a_probe_measured_on_one_actor_sizes_the_calls_of_all() -> None:
+    """Found in review: with one probe per map, only the probing actor measured the new
+    items; the others sized their calls by the last map's cost (one call of 2,496 items of
+    50 ms: two minutes in flight, where an interrupt must wait about a second)."""
+    from shardyard.scheduler.sinks import MapSink
+
+    ledger = Ledger([0] * 8 + [1] * 8, stateful=False, checkpoint_every=None)
+    dispatch = Dispatch(
+        ledger,
+        [list(range(8)), list(range(8, 16))],
+        max_batch=1024,
+        max_inflight=2,
+        call_budget_s=0.5,
+    )
+    for sid in range(16):
+        ledger.placed(sid, 0)
+    for a in (0, 1):
+        dispatch.answered(a, 100_000, 0.0, 0.2, took_s=0.2)  # a fast map: 2 us an item
+    slow = MapSink(10_000, keep=True)
+    for sid in range(16):
+        dispatch.enqueue(sid, Segment(slow, np.arange(300) + 300 * sid, [0] * 300, None))
+    assert _sizes(dispatch.next_calls(0, 1.0)[0]) == [[1]]  # the probe
+    assert dispatch.next_calls(1, 1.0)[0] == []  # waits for it
+    dispatch.call_done(0, False)
+    dispatch.answered(0, 1, 1.0, 1.06, took_s=0.05)  # 50 ms an item
+    slow.finished = 1
+    for a in (0, 1):
+        calls, _ = dispatch.next_calls(a, 1.06)
+        per_call = [sum(c) for c in _sizes(calls)]
+        assert calls and max(per_call) * 0.05 <= 1.0, per_call  # about the call budget
+
+
+def test_a_call_that_ran_nothing_counts_no_items() -> None:
+    """Replies a call did not run (``Stale``) or runs of no item leave the cost alone; a cost
+    never reaches zero (the division in the fall rule)."""
+    _, dispatch = _probe_pool()
+    slot = dispatch.actors[0]
+    dispatch.answered(0, 0, 0.0, 0.001, took_s=0.001)
+    assert slot.cost is None
+    dispatch.answered(0, 10, 0.0, 0.0, took_s=0.0)  # no time at all
+    dispatch.answered(0, 10, 0.0, 0.0, took_s=0.0)
+    assert slot.cost is not None and slot.cost > 0

@@ -61,7 +61,7 @@ from shardyard.errors import (
     SerializationError,
     ShardFailedError,
 )
-from shardyard.protocol import REPLAY, WORK, HostRequest, Stale, WireCall
+from shardyard.protocol import REPLAY, WORK, BatchReply, HostRequest, Stale, WireCall
 from shardyard.scheduler.completion import Completion
 from shardyard.scheduler.dispatch import Dispatch
 from shardyard.scheduler.futures import ShardFuture
@@ -638,9 +638,10 @@ class Core:
             self._calls[a].discard(call)
             self.dispatch.call_done(a, call.alone)
             if exc is None and reply.incarnation == self._incarnation[a]:
-                items = sum(b.size for b in call.batches)
-                self.dispatch.answered(a, items, call.sent_at, time.monotonic(), reply.took_s)
+                ran = 0  # items the actor ran and answered (not a Stale's, not a replay's)
                 for r in reply.replies:
+                    if type(r) is BatchReply:
+                        ran += len(r.outputs)
                     try:
                         if type(r) is Stale and r.gen == self.ledger.books[r.shard_id].gen:
                             raise RuntimeError(f"the actor passed over batch {r}")
@@ -651,6 +652,7 @@ class Core:
                         if b is not None:
                             out += self.ledger.rehost(r.shard_id, b, err)
                             self._place_later(a)
+                self.dispatch.answered(a, ran, call.sent_at, time.monotonic(), reply.took_s)
             elif exc is None:
                 # A new process answered (Stale "unhosted"): the one we knew has died.
                 self._lost(a, call.incarnation, RuntimeError("the actor was restarted"), out)

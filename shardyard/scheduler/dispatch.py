@@ -54,6 +54,7 @@ __all__ = ["FIRST_CALL_ITEMS", "PROBE_WAIT_S", "SPREAD_COST_S", "ActorSlot", "Di
 FIRST_CALL_ITEMS = 16  # new items per call while an actor's cost per item is unknown
 CALL_OVERHEAD_S = 1e-4  # a call this short in the actor measured its fixed cost, not its items
 COST_PRIOR_ITEMS = 16  # a fall in the cost per item seen on this many items counts half
+MIN_COST_S = 1e-9  # the cost per item never goes below this (a call that ran in no time)
 PROBE_WAIT_S = 0.25  # a producer's items wait this long at most for its probe (then another)
 SPREAD_COST_S = 1e-4  # items this slow share a call's room out over the shards
 
@@ -373,34 +374,34 @@ class Dispatch:
         start the call (the later of its send and the previous answer). The cost is a
         moving average of seconds per item:
 
-        * A rise counts half at once (the next calls shrink: slower items must not fill
-          the actor with minutes of work).
+        * A rise counts half at once, and for every actor: slower items must not fill an
+          actor with minutes of work, and the items of a new ``map`` are probed on one
+          actor only (the others size their first calls by what it measured).
         * A call shorter than ``CALL_OVERHEAD_S`` in the actor measured its fixed cost
           (receiving, replying), not its items: a one-item probe of ``x + 1`` takes ~30
-          us, 100 times the item. It only bounds the cost from above, so it may lower the
-          estimate, never raise it.
-        * A fall counts by the evidence, averaged as items per second: a call of thousands
-          of items replaces the estimate, a call of one item counts half. After a probe,
-          the calls of its actor grow back to full size in one round instead of halving
-          their way down.
+          us, 100 times the item. It only bounds the cost from above: it never raises it.
+        * A fall counts by the evidence, in proportion (the logarithm of the cost moves
+          ``items / (items + COST_PRIOR_ITEMS)`` of the way): a call of thousands of items
+          replaces the estimate, one fast item (one that failed at once, say) among slow
+          ones moves it by a few percent.
         """
         slot = self.actors[a]
         start = max(sent_at, slot.busy_until)
         slot.busy_until = now
         if items <= 0:
             return
-        per_item = (took_s if took_s > 0 else max(0.0, now - start)) / items
+        per_item = max(MIN_COST_S, (took_s if took_s > 0 else max(0.0, now - start)) / items)
         cost = slot.cost
-        if cost is None:
-            slot.cost = per_item
-        elif per_item > cost:
-            if not 0 < took_s < CALL_OVERHEAD_S:
-                slot.cost = 0.5 * cost + 0.5 * per_item
+        if cost is None or per_item > cost:
+            if cost is not None and 0 < took_s < CALL_OVERHEAD_S:
+                return  # its fixed cost, not its items'
+            risen = per_item if cost is None else 0.5 * cost + 0.5 * per_item
+            for other in self.actors:
+                if other.cost is None or other.cost < risen:
+                    other.cost = risen
         else:
-            # Items per second averaged (a harmonic mean of the costs): a large fast call
-            # outweighs the estimate left by a slow one instead of leaving a fraction of it.
-            weight = max(0.5, items / (items + COST_PRIOR_ITEMS))
-            slot.cost = 1.0 / (weight / max(per_item, 1e-12) + (1.0 - weight) / cost)
+            weight = items / (items + COST_PRIOR_ITEMS)
+            slot.cost = cost * (per_item / cost) ** weight
 
     def actor_lost(self, a: int) -> None:
         """Actor ``a``'s calls in flight will never be answered: free its slots."""

@@ -909,18 +909,24 @@ class ShardPool:
             groups = core.partitioner.split(n, keys)
         except Exception as exc:
             raise self._route_failure(core, sink, base, chunk, keys, exc) from exc
-        if len(groups) > 1 and not isinstance(groups[0][1], slice):
-            segments = _sorted_segments(sink, base, chunk, keys, groups)
-        else:
-            segments = []
-            for sid, index in groups:
-                if isinstance(index, slice):
-                    positions = np.arange(base + index.start, base + index.stop, dtype=np.int64)
-                    seg_keys = None if keys is None else keys[index]
-                    seg = Segment(sink, positions, chunk[index], seg_keys)
-                else:
-                    seg = Segment(sink, index + base, take(chunk, index), take(keys, index))
-                segments.append((sid, seg))
+        segments: list[tuple[int, Segment]] = []
+        # A list cut into several groups: picked through an object array (numpy's fancy
+        # indexing) rather than item by item; the groups' keys are read only for errors.
+        objects = (
+            np.fromiter(chunk, dtype=object, count=n)
+            if isinstance(chunk, list) and len(groups) > 1
+            else None
+        )
+        for sid, index in groups:
+            if isinstance(index, slice):
+                positions = np.arange(base + index.start, base + index.stop, dtype=np.int64)
+                seg = Segment(sink, positions, chunk[index], None if keys is None else keys[index])
+            elif objects is not None:
+                picked = Picked(keys, index) if isinstance(keys, list) else take(keys, index)
+                seg = Segment(sink, index + base, objects[index].tolist(), picked)
+            else:
+                seg = Segment(sink, index + base, take(chunk, index), take(keys, index))
+            segments.append((sid, seg))
         sink.add(n)
         core.push_segments(segments)
         return n
@@ -1481,37 +1487,6 @@ class _Outputs(itertools.chain[Any]):
         close = getattr(self._lists, "close", None)
         if close is not None:
             close()
-
-
-def _sorted_segments(
-    sink: MapSink, base: int, chunk: Any, keys: Any, groups: list[tuple[int, Any]]
-) -> list[tuple[int, Segment]]:
-    """One segment per group of a chunk cut into several groups of positions.
-
-    The chunk's items, keys and positions are put in group order once (one gather each,
-    numpy's fancy indexing; a list through an object array), and each segment gets a slice
-    of them: a chunk spread over thousands of shards would otherwise cost an allocation
-    and a gather per shard and per column. A list's keys are read only for errors, so its
-    segments get them as ``Picked``.
-    """
-    order = np.concatenate([index for _, index in groups])
-    ends = np.cumsum([len(index) for _, index in groups]).tolist()
-    positions = order + base
-    if isinstance(chunk, np.ndarray):
-        items: Any = chunk[order]
-    else:
-        items = np.fromiter(chunk, dtype=object, count=len(chunk))[order].tolist()
-    lazy_keys = isinstance(keys, list) and isinstance(chunk, list)
-    sorted_keys = None if keys is None or lazy_keys else take(keys, order)
-    out: list[tuple[int, Segment]] = []
-    lo = 0
-    for (sid, _), hi in zip(groups, ends, strict=True):
-        part = Picked(keys, order[lo:hi]) if lazy_keys else None
-        if sorted_keys is not None:
-            part = sorted_keys[lo:hi]
-        out.append((sid, Segment(sink, positions[lo:hi], items[lo:hi], part)))
-        lo = hi
-    return out
 
 
 def _handler_name(handler: Any) -> str:
