@@ -177,7 +177,7 @@ class Dispatch:
         slot = self.actors[a]
         calls: list[list[Batch]] = []
         ledger = self.ledger
-        probe_hold: float | None = None  # held for a probe of another actor until then
+        probe_holds: list[float] = []  # held for a producer's probe until then
         while slot.inflight < self._max_inflight and not slot.alone and not slot.failed:
             numbered: list[int] = []  # sendable shards with numbered batches to send first
             if ledger.outboxed:
@@ -226,10 +226,9 @@ class Dispatch:
                     head = self.queues[sid][0].sink
                     probe = _unproven(head)
                     if probe:
-                        until = _probe_wait(head, now)
+                        until = self._held_for_probe(a, head, now)
                         if until is not None:  # its producer's probe is out: wait for it
-                            self.probe_waiters.add(a)
-                            probe_hold = until if probe_hold is None else min(probe_hold, until)
+                            probe_holds.append(until)
                             continue
                         _probe_sent(head, now)  # a shard with queued items: a batch is cut
                     batch = self._cut(sid, 1 if probe else min(room, share))
@@ -241,10 +240,9 @@ class Dispatch:
                 head = self.pull[0].sink
                 probing = False
                 if _unproven(head):
-                    until = _probe_wait(head, now)
+                    until = self._held_for_probe(a, head, now)
                     if until is not None:
-                        self.probe_waiters.add(a)
-                        probe_hold = until if probe_hold is None else min(probe_hold, until)
+                        probe_holds.append(until)
                         room = 0
                     else:
                         probing, room = True, 1
@@ -268,7 +266,7 @@ class Dispatch:
             slot.inflight += 1
             slot.sent.append((now, sum(b.size for b in batches)))
             calls.append(batches)
-        return calls, probe_hold
+        return calls, min(probe_holds, default=None)
 
     def _hold_until(self, slot: ActorSlot, numbered: list[int], now: float) -> float | None:
         # Ray Serve's batch_wait_timeout_s: a partly filled batch waits a little for more.
@@ -344,6 +342,14 @@ class Dispatch:
             take -= n
             batches.append(self.ledger.new_batch(sid, segments))
         return batches
+
+    def _held_for_probe(self, a: int, sink: Any, now: float) -> float | None:
+        """Until when actor ``a`` holds ``sink``'s items back for its probe (``None``: it
+        may send one now); a held actor is kicked after the next delivery."""
+        until = _probe_wait(sink, now)
+        if until is not None:
+            self.probe_waiters.add(a)
+        return until
 
     def take_probe_waiters(self) -> list[int]:
         """The actors that held items back for a probe (emptied): kick them, something
