@@ -46,11 +46,13 @@ __all__ = [
     "HostReply",
     "HostRequest",
     "ItemFailure",
+    "PickledOutputs",
     "ReplyColumns",
     "Stale",
     "WireBatch",
     "WireCall",
     "all_none",
+    "load_outputs",
 ]
 
 # Batch kinds.
@@ -229,6 +231,64 @@ class BatchReply(NamedTuple):
     seq: int
     outputs: Any
     failures: list[ItemFailure]
+
+
+class PickledOutputs:
+    """A batch's outputs as the actor pickled them: what an actor sends for outputs that
+    are not plain scalars or a numeric array, which it must pickle anyway to learn that
+    they pickle (an unpicklable output would fail the whole call). Sent as is, they are
+    pickled once, not twice. Large buffers (numpy arrays) stay out of band: Ray moves
+    them through the object store, and they load without a copy.
+
+    Example:
+        >>> p = PickledOutputs.of([{"a": 1}, None])
+        >>> len(p), p.load()
+        (2, [{'a': 1}, None])
+    """
+
+    __slots__ = ("blob", "buffers", "count")
+
+    def __init__(self, blob: bytes, count: int, buffers: list[Any]) -> None:
+        self.blob = blob
+        self.count = count  # how many outputs (one per item of the batch)
+        self.buffers = buffers  # the out-of-band buffers of pickle protocol 5
+
+    @classmethod
+    def of(cls, outputs: Any) -> PickledOutputs:
+        """``outputs`` pickled (raises what pickling raises)."""
+        buffers: list[Any] = []
+        blob = cloudpickle.dumps(outputs, protocol=5, buffer_callback=buffers.append)
+        return cls(blob, len(outputs), buffers)
+
+    def load(self) -> Any:
+        """The outputs again (raises what unpickling raises)."""
+        return cloudpickle.loads(self.blob, buffers=self.buffers)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PickledOutputs, (self.blob, self.count, self.buffers))
+
+
+def load_outputs(replies: Any) -> Any:
+    """``replies`` (of a :class:`CallReply`) with every :class:`PickledOutputs` loaded: the
+    same object when there is none (raises what unpickling raises).
+
+    Example:
+        >>> r = BatchReply(0, 1, 0, PickledOutputs.of([{"a": 1}]), [])
+        >>> load_outputs([r])[0].outputs
+        [{'a': 1}]
+    """
+    if type(replies) is not list:
+        return replies  # ReplyColumns: plain list outputs only
+    loaded = None
+    for i, r in enumerate(replies):
+        if type(r) is BatchReply and type(r.outputs) is PickledOutputs:
+            if loaded is None:
+                loaded = list(replies)
+            loaded[i] = r._replace(outputs=r.outputs.load())
+    return replies if loaded is None else loaded
 
 
 class BarrierReply(NamedTuple):

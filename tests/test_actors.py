@@ -19,6 +19,7 @@ from shardyard.protocol import (
     HostRequest,
     Stale,
     WireBatch,
+    load_outputs,
 )
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -108,7 +109,7 @@ def test_a_sync_process_returning_an_awaitable_runs_its_shards_side_by_side() ->
     try:
         ray.get(a.host.remote([HostRequest(s, 1, None) for s in range(8)]))
         reply = ray.get(a.run.remote([_work(s, 1, 0, [s]) for s in range(8)]), timeout=60)
-        spans = [r.outputs[0] for r in reply.replies]
+        spans = [r.outputs[0] for r in load_outputs(reply.replies)]
         assert len(spans) == 8
         # Run one after another, the last would start after the first ended.
         assert max(start for start, _ in spans) < min(end for _, end in spans)

@@ -120,3 +120,20 @@ def test_every_item_failing_gives_one_failure_per_item() -> None:
     assert out == [None, None, None]
     assert [f.position for f in failures] == [0, 1, 2]
     assert [str(f.exception()) for f in failures] == ["1", "2", "3"]
+
+
+def test_outputs_that_are_not_plain_scalars_go_pickled_once_with_arrays_out_of_band() -> None:
+    from shardyard.actors.handler import ensure_picklable
+    from shardyard.protocol import PickledOutputs
+
+    big = np.arange(1 << 20, dtype=np.float64)  # 8 MB
+    outputs = [{"a": 1}, big, None]
+    wire, failures = ensure_picklable(outputs, [])
+    assert type(wire) is PickledOutputs and failures == [] and len(wire) == 3
+    assert len(wire.blob) < 4096  # the array travels as a buffer of its own, not in the blob
+    loaded = wire.load()
+    assert loaded[0] == {"a": 1} and loaded[2] is None
+    assert np.array_equal(loaded[1], big)
+    # Plain scalars and numeric arrays go as they are (Ray ships them without our pickling).
+    assert ensure_picklable([1, "a", 2.0], [])[0] == [1, "a", 2.0]
+    assert ensure_picklable(np.arange(3), [])[0] is not None

@@ -567,3 +567,17 @@ def test_range_boundaries_that_do_not_fit_the_derived_num_shards() -> None:
             pool.map([1], keys=[1])
     finally:
         pool.close()
+
+
+def test_outputs_of_any_type_arrive_equal_dicts_arrays_and_objects() -> None:
+    # Non-scalar outputs travel pickled by the actor (once) with arrays out of band.
+    def make(i: int) -> Any:
+        return {"i": i, "arr": np.full(50_000, i), "set": {i, -i}}
+
+    with ShardPool(make, num_actors=2, num_shards=8) as pool:
+        out = pool.map(list(range(40)), keys=[str(i) for i in range(40)])
+        assert [o["i"] for o in out] == list(range(40))
+        assert all(np.array_equal(o["arr"], np.full(50_000, i)) for i, o in enumerate(out))
+        assert [o["set"] for o in out] == [{i, -i} for i in range(40)]
+        got = sorted(o["i"] for o in pool.map_unordered(range(40)))
+        assert got == list(range(40))

@@ -26,7 +26,7 @@ from ray import cloudpickle
 
 from shardyard.actors.concurrency import Runner
 from shardyard.actors.shard import Shard
-from shardyard.protocol import USER_ERRORS, ItemFailure
+from shardyard.protocol import USER_ERRORS, ItemFailure, PickledOutputs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,17 +120,24 @@ def _batched(fn: Callable[[Any], Any], batch: Any) -> BatchResult:
 _ALWAYS_PICKLE = frozenset({int, float, str, bytes, bool, type(None)})
 
 
-def ensure_picklable(outputs: Outputs, failures: list[ItemFailure]) -> BatchResult:
+def ensure_picklable(
+    outputs: Outputs, failures: list[ItemFailure]
+) -> tuple[Outputs | PickledOutputs, list[ItemFailure]]:
     """Turn outputs that cannot be pickled into failures of their items.
 
     An unpicklable output would otherwise fail the whole Ray call when Ray serialises the
     reply, taking the other shards' batches of that call with it (although they ran).
-    Numeric arrays and lists of plain scalars always pickle; other lists and object arrays
-    are checked, item by item only when the whole fails.
+    Numeric arrays and lists of plain scalars always pickle, and go as they are; other
+    lists and object arrays are pickled here, to know, and go pickled
+    (:class:`~shardyard.protocol.PickledOutputs`: pickled once, not again by Ray); item by
+    item only when the whole fails.
 
     Example:
         >>> ensure_picklable([1, "a", None], [])
         ([1, 'a', None], [])
+        >>> out, _ = ensure_picklable([{"a": 1}], [])
+        >>> out.load()
+        [{'a': 1}]
         >>> import threading
         >>> out, failures = ensure_picklable([1, threading.Lock()], [])
         >>> out[0], out[1] is None, [f.position for f in failures]
@@ -141,8 +148,7 @@ def ensure_picklable(outputs: Outputs, failures: list[ItemFailure]) -> BatchResu
     if isinstance(outputs, list) and set(map(type, outputs)) <= _ALWAYS_PICKLE:
         return outputs, failures  # plain scalars (or nothing, from a process_item): in C
     try:
-        cloudpickle.dumps(outputs)
-        return outputs, failures
+        return PickledOutputs.of(outputs), failures
     except Exception:
         pass
     blobs, all_failures = pickle_each(outputs, failures)

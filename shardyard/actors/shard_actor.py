@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import gc
 import inspect
+import json
 import os
 import time
 import uuid
@@ -54,6 +55,7 @@ from shardyard.protocol import (
     HostReply,
     HostRequest,
     ItemFailure,
+    PickledOutputs,
     ReplyColumns,
     Stale,
     WireBatch,
@@ -202,6 +204,7 @@ class ShardActor:
     async def _run_turn(self, hosted: _HostedShard, b: WireBatch) -> BatchReply | BarrierReply:
         """Run ``b``, the batch whose turn it is, and hand the turn on to the next one."""
         reply: BatchReply | BarrierReply
+        kept = None  # what replies() answers again, when not the reply itself
         if b.kind == BARRIER:
             try:
                 reply = BarrierReply(b.shard_id, b.gen, b.seq, _freeze(hosted.instance), None)
@@ -211,6 +214,7 @@ class ShardActor:
             reply = BatchReply(b.shard_id, b.gen, b.seq, [], [])
         else:
             start = time.perf_counter()
+            outputs: Any
             outputs, failures = await run_batch(
                 hosted.instance,
                 self._batched,
@@ -225,14 +229,19 @@ class ShardActor:
             elif b.pickled:
                 outputs, failures = pickle_each(outputs, failures)
             else:
-                outputs, failures = ensure_picklable(outputs, failures)
+                wire, failures = ensure_picklable(outputs, failures)
+                if type(wire) is PickledOutputs:
+                    # Kept as objects: should the driver fail to load them, replies()
+                    # pickles them one by one, and only the outputs that do not load fail.
+                    kept = BatchReply(b.shard_id, b.gen, b.seq, outputs, failures)
+                outputs = wire
             hosted.busy_s += time.perf_counter() - start
             hosted.items += len(b.items)
             hosted.batches += 1
             hosted.errors += len(failures)
             reply = BatchReply(b.shard_id, b.gen, b.seq, outputs, failures)
         if self._shards.get(b.shard_id) is hosted:
-            hosted.recent[b.seq] = reply
+            hosted.recent[b.seq] = reply if kept is None else kept
             if len(hosted.recent) > RECENT_REPLIES:
                 hosted.recent.popitem(last=False)
             hosted.next_seq = b.seq + 1
@@ -511,7 +520,24 @@ def _freeze(instance: Any) -> bytes | None:
     return cloudpickle.dumps(instance.snapshot())
 
 
+# Remote classes made so far, by their options: Ray exports a remote class to the cluster
+# once per job (its collision check disassembles the whole class: ~70 ms here), so a new
+# pool with the options of an earlier one reuses its class instead of exporting another.
+_REMOTE_CLASSES: dict[str, Any] = {}
+
+
 def remote_shard_actor(**options: Any) -> Any:
-    """Make :class:`ShardActor` remote with Ray actor ``options`` and a control group."""
+    """Make :class:`ShardActor` remote with Ray actor ``options`` and a control group.
+
+    The same options give the same remote class (made once per process).
+
+    Example:
+        >>> remote_shard_actor(num_cpus=1) is remote_shard_actor(num_cpus=1)
+        True
+    """
     options.setdefault("concurrency_groups", {CONTROL_GROUP: 2})
-    return ray.remote(**options)(ShardActor)
+    key = json.dumps(options, sort_keys=True, default=repr)
+    cls = _REMOTE_CLASSES.get(key)
+    if cls is None:
+        cls = _REMOTE_CLASSES.setdefault(key, ray.remote(**options)(ShardActor))
+    return cls

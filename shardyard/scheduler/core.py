@@ -61,7 +61,15 @@ from shardyard.errors import (
     SerializationError,
     ShardFailedError,
 )
-from shardyard.protocol import REPLAY, WORK, BatchReply, HostRequest, Stale, WireCall
+from shardyard.protocol import (
+    REPLAY,
+    WORK,
+    BatchReply,
+    HostRequest,
+    Stale,
+    WireCall,
+    load_outputs,
+)
 from shardyard.scheduler.completion import Completion
 from shardyard.scheduler.dispatch import Dispatch
 from shardyard.scheduler.futures import ShardFuture
@@ -629,6 +637,11 @@ class Core:
 
     def _on_call_done(self, call: _Call, reply: Any, exc: BaseException | None) -> None:
         """Handle a call's outcome, once (an orphaned call is ignored)."""
+        if exc is None:
+            try:  # outputs the actor pickled itself, loaded here, outside the lock
+                reply = reply._replace(replies=load_outputs(reply.replies))
+            except Exception as err:  # as if Ray could not load the reply: item by item
+                exc = RaySystemError(f"the call's outputs do not load on the driver: {err!r}")
         out: list[Delivery] = []
         a = call.actor
         with self._lock:
