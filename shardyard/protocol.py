@@ -255,10 +255,15 @@ class PickledOutputs:
 
     @classmethod
     def of(cls, outputs: Any) -> PickledOutputs:
-        """``outputs`` pickled (raises what pickling raises)."""
+        """``outputs`` pickled as they are now (raises what pickling raises).
+
+        The out-of-band buffers are copies: they would otherwise point into the outputs'
+        arrays until Ray ships the reply, and a shard's next batch may change an array its
+        state shares with an output meanwhile.
+        """
         buffers: list[Any] = []
         blob = cloudpickle.dumps(outputs, protocol=5, buffer_callback=buffers.append)
-        return cls(blob, len(outputs), buffers)
+        return cls(blob, len(outputs), [_frozen(b) for b in buffers])
 
     def load(self) -> Any:
         """The outputs again (raises what unpickling raises)."""
@@ -269,6 +274,14 @@ class PickledOutputs:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PickledOutputs, (self.blob, self.count, self.buffers))
+
+
+def _frozen(buffer: pickle.PickleBuffer) -> pickle.PickleBuffer:
+    """A copy of ``buffer``'s memory, still out of band (a non-contiguous one as it is)."""
+    try:
+        return pickle.PickleBuffer(bytearray(buffer.raw()))
+    except (BufferError, ValueError):
+        return buffer
 
 
 def load_outputs(replies: Any) -> Any:

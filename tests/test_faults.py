@@ -10,6 +10,7 @@ import contextlib
 import operator
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -646,3 +647,24 @@ def test_threads_each_waiting_in_result_get_their_own_outputs() -> None:
         assert sorted(outs) == [6, 8, 10, 12, 14, 16]
         with pytest.raises(TimeoutError):
             pool.submit(7).result(timeout=0.2)
+
+
+class _ExitsOnLoad:
+    """Loads nowhere: its reconstructor raises SystemExit (not an Exception)."""
+
+    def __reduce__(self) -> Any:
+        return (sys.exit, ("an output whose loading exits",))
+
+
+def _dict_or_exits(x: int) -> Any:
+    return _ExitsOnLoad() if x == 3 else {"x": x}
+
+
+def test_an_output_whose_loading_raises_system_exit_fails_alone() -> None:
+    # The driver loads the actor's pickled outputs itself: a reconstructor's SystemExit must
+    # fail that item, not escape the reply's handling (which left the batch unanswered).
+    with ShardPool(_dict_or_exits, num_actors=2, num_shards=4) as pool:
+        out = pool.map(list(range(10)), return_exceptions=True, timeout=120)
+        assert [i for i, o in enumerate(out) if isinstance(o, BaseException)] == [3]
+        assert isinstance(out[3], SerializationError) and "SystemExit" in str(out[3])
+        assert [o["x"] for i, o in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]

@@ -581,3 +581,26 @@ def test_outputs_of_any_type_arrive_equal_dicts_arrays_and_objects() -> None:
         assert [o["set"] for o in out] == [{i, -i} for i in range(40)]
         got = sorted(o["i"] for o in pool.map_unordered(range(40)))
         assert got == list(range(40))
+
+
+class _SharesItsArray(Shard):
+    """Returns its live state array with each output, and changes it in place after."""
+
+    def setup(self, shard_id: int) -> None:
+        self.n = 0
+        self.arr = np.zeros(100_000, dtype=np.int64)
+
+    def process_item(self, item: int) -> Any:
+        self.n += 1
+        self.arr[:] = self.n
+        return {"n": self.n, "arr": self.arr}
+
+
+def test_an_output_is_what_it_was_when_its_item_ended_even_if_it_shares_state() -> None:
+    # Outputs are pickled when their batch ends, arrays included (copied out of band): a
+    # later batch of the shard, in the same call, does not change what an earlier one gave.
+    with ShardPool(_SharesItsArray, num_actors=1, num_shards=1, max_batch_size=1) as pool:
+        out = pool.map(list(range(60)), keys=["a"] * 60, timeout=120)
+        assert [o["n"] for o in out] == list(range(1, 61))
+        assert [int(o["arr"][0]) for o in out] == list(range(1, 61))
+        assert all(int(o["arr"].min()) == int(o["arr"].max()) for o in out)

@@ -63,6 +63,7 @@ from shardyard.errors import (
 )
 from shardyard.protocol import (
     REPLAY,
+    USER_ERRORS,
     WORK,
     BatchReply,
     HostRequest,
@@ -637,10 +638,14 @@ class Core:
 
     def _on_call_done(self, call: _Call, reply: Any, exc: BaseException | None) -> None:
         """Handle a call's outcome, once (an orphaned call is ignored)."""
+        if call.done:
+            return  # handled already (by the other of the callback and a helping thread)
         if exc is None:
             try:  # outputs the actor pickled itself, loaded here, outside the lock
                 reply = reply._replace(replies=load_outputs(reply.replies))
-            except Exception as err:  # as if Ray could not load the reply: item by item
+            except USER_ERRORS as err:  # as if Ray could not load the reply: item by item
+                if isinstance(err, KeyboardInterrupt) and _on_main_thread():
+                    raise  # the user's Ctrl-C; Ray's done-callback handles this call still
                 exc = RaySystemError(f"the call's outputs do not load on the driver: {err!r}")
         out: list[Delivery] = []
         a = call.actor
@@ -1502,3 +1507,7 @@ def _pickle_error(x: Any) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()

@@ -64,6 +64,7 @@ from shardyard.errors import (
 from shardyard.protocol import (
     BARRIER,
     REPLAY,
+    USER_ERRORS,
     WORK,
     BarrierReply,
     BatchReply,
@@ -660,7 +661,7 @@ def _unpickle_outputs(
             continue
         try:
             outputs.append(cloudpickle.loads(blob))
-        except Exception as exc:
+        except USER_ERRORS as exc:  # under the core's lock: nothing may escape mid-answer
             outputs.append(None)
             failures[pos] = SerializationError(
                 f"the output of the item with key {keys[pos]!r} on shard {b.shard_id} was "
