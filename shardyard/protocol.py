@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
 from collections.abc import Iterator
@@ -32,7 +33,11 @@ from itertools import repeat
 from operator import is_not
 from typing import Any, NamedTuple
 
-from ray import cloudpickle
+from ray import ObjectRef, cloudpickle
+from ray.actor import ActorHandle
+
+# Ray's handles, which only Ray's serialisation of a reply may pickle (it counts references).
+_RAY_HANDLES = (ObjectRef, ActorHandle)
 
 __all__ = [
     "BARRIER",
@@ -43,6 +48,7 @@ __all__ = [
     "BatchReply",
     "CallReply",
     "HandoffReply",
+    "HoldsRayRefs",
     "HostReply",
     "HostRequest",
     "ItemFailure",
@@ -260,9 +266,17 @@ class PickledOutputs:
         The out-of-band buffers are copies: they would otherwise point into the outputs'
         arrays until Ray ships the reply, and a shard's next batch may change an array its
         state shares with an output meanwhile.
+
+        Raises:
+            HoldsRayRefs: an output holds a Ray ``ObjectRef`` or actor handle, which only
+                Ray's own serialisation of the reply may pickle (it counts the references
+                they hold; pickled anywhere else, their objects stay pinned for the
+                process's life).
         """
         buffers: list[Any] = []
-        blob = cloudpickle.dumps(outputs, protocol=5, buffer_callback=buffers.append)
+        with io.BytesIO() as file:
+            _OutputPickler(file, protocol=5, buffer_callback=buffers.append).dump(outputs)
+            blob = file.getvalue()
         return cls(blob, len(outputs), [_frozen(b) for b in buffers])
 
     def load(self) -> Any:
@@ -274,6 +288,19 @@ class PickledOutputs:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PickledOutputs, (self.blob, self.count, self.buffers))
+
+
+class HoldsRayRefs(Exception):
+    """Outputs hold Ray object refs or actor handles: they go to Ray unpickled."""
+
+
+class _OutputPickler(cloudpickle.Pickler):
+    """cloudpickle's pickler that refuses Ray's handles (see :meth:`PickledOutputs.of`)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _RAY_HANDLES):
+            raise HoldsRayRefs(type(obj).__name__)
+        return super().reducer_override(obj)
 
 
 def _frozen(buffer: pickle.PickleBuffer) -> pickle.PickleBuffer:

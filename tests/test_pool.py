@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pydantic
 import pytest
+import ray
 
 from shardyard import (
     ConfigError,
@@ -604,3 +605,19 @@ def test_an_output_is_what_it_was_when_its_item_ended_even_if_it_shares_state() 
         assert [o["n"] for o in out] == list(range(1, 61))
         assert [int(o["arr"][0]) for o in out] == list(range(1, 61))
         assert all(int(o["arr"].min()) == int(o["arr"].max()) for o in out)
+
+
+def _with_ref(x: int) -> Any:
+    return {"x": x, "ref": ray.put(x * 10)}
+
+
+def test_outputs_holding_object_refs_go_to_ray_unpickled_and_resolve() -> None:
+    # Only Ray's serialisation of the reply may pickle an ObjectRef (it counts the reference;
+    # pickled by shardyard, the object stayed pinned in the actor for the process's life).
+    from shardyard.actors.handler import ensure_picklable
+
+    outputs = [{"ref": ray.put(1)}]
+    assert ensure_picklable(outputs, [])[0] is outputs
+    with ShardPool(_with_ref, num_actors=2, num_shards=4) as pool:
+        out = pool.map(list(range(20)))
+        assert [ray.get(o["ref"], timeout=60) for o in out] == [x * 10 for x in range(20)]

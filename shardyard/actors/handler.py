@@ -26,7 +26,7 @@ from ray import cloudpickle
 
 from shardyard.actors.concurrency import Runner
 from shardyard.actors.shard import Shard
-from shardyard.protocol import USER_ERRORS, ItemFailure, PickledOutputs
+from shardyard.protocol import USER_ERRORS, HoldsRayRefs, ItemFailure, PickledOutputs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,6 +149,8 @@ def ensure_picklable(
         return outputs, failures  # plain scalars (or nothing, from a process_item): in C
     try:
         return PickledOutputs.of(outputs), failures
+    except HoldsRayRefs:
+        return outputs, failures  # Ray pickles them (and counts their references) itself
     except Exception:
         pass
     blobs, all_failures = pickle_each(outputs, failures)
