@@ -243,8 +243,9 @@ class PickledOutputs:
     """A batch's outputs as the actor pickled them: what an actor sends for outputs that
     are not plain scalars or a numeric array, which it must pickle anyway to learn that
     they pickle (an unpicklable output would fail the whole call). Sent as is, they are
-    pickled once, not twice. Large buffers (numpy arrays) stay out of band: Ray moves
-    them through the object store, and they load without a copy.
+    pickled once, not twice. Large buffers (numpy arrays) stay out of band, copied once
+    when the batch ends: Ray moves them through the object store, and the driver loads
+    them without another copy.
 
     Example:
         >>> p = PickledOutputs.of([{"a": 1}, None])
