@@ -208,3 +208,20 @@ def test_numpy_in_gives_numpy_partial_outputs() -> None:
         partial = info.value.partial
         assert isinstance(partial, np.ndarray)
         assert partial.tolist() == [2 * i for i in range(20_000)]
+
+
+@pytest.mark.parametrize("bad", [0, 1, 7, CHUNK - 1])
+def test_a_bad_key_in_the_first_chunk_is_reported_at_its_position(bad: int) -> None:
+    # The first chunk hands its first item (the probe) over ahead of the rest: positions and
+    # accounting must not notice.
+    keys: list[Any] = [i % MOD for i in range(N)]
+    keys[bad] = 2.5
+    with _pool() as pool:
+        with pytest.raises(InputError) as info:
+            pool.map(range(N), keys=keys)
+        err = info.value
+        _check_accounting(pool, err, bad)
+        assert err.partial == [2 * i for i in range(bad)]
+        assert pool.map(list(range(CHUNK + 3)), keys=list(range(CHUNK + 3))) == [
+            2 * i for i in range(CHUNK + 3)
+        ]

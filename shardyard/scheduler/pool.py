@@ -80,6 +80,7 @@ Keys = Iterable[Any] | Callable[[Any], Any] | None
 
 CHUNK_ITEMS_PER_SHARD = 64  # a chunk's items per shard, when chunk_size is left at its default
 CHUNK_ITEMS_PER_ACTOR = 8192  # and per actor: the default chunk_size of a 2-actor pool
+PROBE_AHEAD_ITEMS = 4096  # a first chunk this long hands its first item (the probe) over first
 
 
 class _Unset:
@@ -905,6 +906,12 @@ class ShardPool:
                 position (``base`` + its position in the chunk).
         """
         n = len(chunk)
+        if n >= PROBE_AHEAD_ITEMS and sink.submitted == 0 and self.num_actors > 1:
+            # A producer's first item is its probe (see dispatch), which the other actors
+            # wait for: handed over alone first, it runs while the rest is partitioned.
+            ahead = self._push(core, sink, base, chunk[:1], None if keys is None else keys[:1])
+            rest = None if keys is None else keys[1:]
+            return ahead + self._push(core, sink, base + 1, chunk[1:], rest)
         try:
             groups = core.partitioner.split(n, keys)
         except Exception as exc:
