@@ -225,3 +225,14 @@ def test_a_bad_key_in_the_first_chunk_is_reported_at_its_position(bad: int) -> N
         assert pool.map(list(range(CHUNK + 3)), keys=list(range(CHUNK + 3))) == [
             2 * i for i in range(CHUNK + 3)
         ]
+
+
+def test_a_two_dimensional_key_array_routes_a_first_chunk_and_a_one_item_tail() -> None:
+    # A (n, 1) key array is flattened by the strategies; a chunk of one item (the first item
+    # sent ahead as the probe, or a last chunk of one) must be routed the same way, not fail.
+    items = np.arange(2 * CHUNK + 1)
+    keys = (items % MOD).reshape(-1, 1)
+    with _pool() as pool:
+        out = pool.map(items, keys=keys)
+        assert np.array_equal(np.asarray(out), 2 * items)
+        assert pool.reduce(operator.add) == _serial_counts(len(items))

@@ -77,7 +77,7 @@ class Partitioner:
         """Groups of item indices per shard for a chunk of ``n`` items with ``keys``."""
         if keys is None:
             return self._keyless(n)
-        if n == 1 and self._assign_one is not None:
+        if n == 1 and self._assign_one is not None and _scalar_keys(keys):
             # One submitted item: a scalar path, numpy's per-call cost would dominate.
             return [(self._assign_one(keys[0]), _ZERO)]
         return self.group(self.strategy.assign(keys))
@@ -125,3 +125,9 @@ class Partitioner:
         sid = int(shards[self._cursor[actor] % len(shards)])
         self._cursor[actor] += 1
         return sid
+
+
+def _scalar_keys(keys: Any) -> bool:
+    """Whether each key is one element of ``keys`` (not a row of a 2-D key array, which the
+    strategies flatten as a whole)."""
+    return not isinstance(keys, np.ndarray) or keys.ndim == 1

@@ -906,9 +906,16 @@ class ShardPool:
                 position (``base`` + its position in the chunk).
         """
         n = len(chunk)
-        if n >= PROBE_AHEAD_ITEMS and sink.submitted == 0 and self.num_actors > 1:
+        if (
+            keys is not None
+            and n >= PROBE_AHEAD_ITEMS
+            and sink.submitted == 0
+            and len(core.active()) > 1
+        ):
             # A producer's first item is its probe (see dispatch), which the other actors
-            # wait for: handed over alone first, it runs while the rest is partitioned.
+            # wait for: handed over alone first, it runs while the rest is partitioned
+            # (keyed work only: keyless items are not partitioned, there is nothing to
+            # overlap).
             ahead = self._push(core, sink, base, chunk[:1], None if keys is None else keys[:1])
             rest = None if keys is None else keys[1:]
             return ahead + self._push(core, sink, base + 1, chunk[1:], rest)
@@ -947,7 +954,9 @@ class ShardPool:
         the absolute position of the bad key (the chunk-relative one is its ``__cause__``).
         """
         if not isinstance(exc, UnsupportedKeyError):
-            return _InputFailed(exc)  # no position: nothing of this chunk is handed over
+            # No position: nothing more of this chunk is handed over (of a producer's first
+            # chunk, its first item may have gone ahead alone: see PROBE_AHEAD_ITEMS).
+            return _InputFailed(exc)
         rel = exc.position
         err = UnsupportedKeyError(exc.type_name, base + rel)
         err.__cause__ = exc
