@@ -916,9 +916,8 @@ class ShardPool:
             # wait for: handed over alone first, it runs while the rest is partitioned
             # (keyed work only: keyless items are not partitioned, there is nothing to
             # overlap).
-            ahead = self._push(core, sink, base, chunk[:1], None if keys is None else keys[:1])
-            rest = None if keys is None else keys[1:]
-            return ahead + self._push(core, sink, base + 1, chunk[1:], rest)
+            ahead = self._push(core, sink, base, chunk[:1], keys[:1])
+            return ahead + self._push(core, sink, base + 1, chunk[1:], keys[1:])
         try:
             groups = core.partitioner.split(n, keys)
         except Exception as exc:
