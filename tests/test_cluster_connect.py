@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,50 @@ def test_an_address_other_than_the_connected_cluster_is_refused(
     assert shardyard.connect(ray_local.address).address == ray_local.address
     with shardyard.ShardPool(abs, address=ray_local.address, num_actors=1) as pool:
         assert pool.map([-3]) == [3]
+
+
+def _pid(_: object) -> int:
+    return os.getpid()
+
+
+def _idle_workers(raylet: Any) -> set[int]:
+    """The raylet's worker processes that hold no task or actor (Ray titles them so)."""
+    out = set()
+    for child in raylet.children():
+        try:
+            if child.cmdline()[:1] == ["ray::IDLE"]:
+                out.add(child.pid)
+        except Exception:  # gone meanwhile
+            pass
+    return out
+
+
+def test_a_closed_pools_worker_processes_are_started_again_for_the_next_pool(
+    ray_local: shardyard.ClusterInfo,
+) -> None:
+    # Each actor's process dies with it; on the embedded Ray, a pool's close has the raylet
+    # start as many idle workers again (shardyard.cluster.warm), which the next pool's
+    # actors take: processes that were idle before that pool was asked for.
+    import psutil
+
+    from shardyard import ShardPool
+    from shardyard.cluster import connection
+
+    assert ray_local.embedded and connection.embedded()
+    for _attempt in range(5):  # a worker still starting when the pool asks is not taken
+        first = ShardPool(_pid, num_actors=2)
+        raylet = psutil.Process(first.map([0])[0]).parent()
+        before = _idle_workers(raylet)
+        first.close()
+        deadline = time.monotonic() + 60  # a guard against a hang, not a timing bar
+        while len(_idle_workers(raylet) - before) < 2:
+            assert time.monotonic() < deadline, "no worker process was started after the close"
+            time.sleep(0.2)
+        time.sleep(2)  # registered with the raylet (titled IDLE once it has connected)
+        idle = _idle_workers(raylet)
+        with ShardPool(_pid, num_actors=2) as second:
+            pids = set(second.map(range(64)))
+        if pids <= idle:
+            break
+    else:
+        pytest.fail(f"the next pool's actors ran in new processes {pids}, not in {idle}")

@@ -37,13 +37,14 @@ from typing import Any
 
 import ray
 
+from shardyard.cluster import warm
 from shardyard.cluster.auth import use_token_if_found
 from shardyard.cluster.heap import freeze_once
 from shardyard.cluster.preflight import check_address, split_host_port
 from shardyard.config import ClusterConfig
 from shardyard.errors import ClusterConnectionError
 
-__all__ = ["ClusterInfo", "connect", "disconnect"]
+__all__ = ["ClusterInfo", "connect", "disconnect", "embedded"]
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,11 @@ def _start_on_owner_thread(start: Callable[[], None]) -> None:
     _owner_release = release
 
 
+def embedded() -> bool:
+    """Whether this process is connected to a local Ray that :func:`connect` started."""
+    return _started_here and ray.is_initialized()
+
+
 def disconnect() -> None:
     """Disconnect from Ray (and stop the embedded local Ray, if shardyard started it).
 
@@ -319,6 +325,7 @@ def disconnect() -> None:
 
     close_all(wait=False)
     with _connect_lock:
+        warm.forget()
         if ray.is_initialized():
             ray.shutdown()
         _started_here = False

@@ -19,6 +19,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from shardyard.cluster import warm
+
 if TYPE_CHECKING:
     from shardyard.scheduler.pool import ShardPool
 
@@ -107,8 +109,12 @@ def release(core: Any, store: Any, autoscaler: Any) -> None:
             autoscaler.stop()
         if core is not None:
             core.stop()
-            for handle in core.all_handles():
+            handles = core.all_handles()
+            for handle in handles:
                 kill_quietly(handle)
+            # Their processes died with them: have the embedded Ray start as many again
+            # for the next pool (see shardyard.cluster.warm).
+            warm.replenish(len(handles))
     finally:
         if store is not None:
             store.close()

@@ -38,7 +38,7 @@ from shardyard.actors.combine import combine_two
 from shardyard.actors.shard import Shard
 from shardyard.actors.shard_actor import remote_shard_actor
 from shardyard.actors.shared import check_shared
-from shardyard.cluster import connect
+from shardyard.cluster import connect, warm
 from shardyard.config import PoolConfig
 from shardyard.errors import (
     ConfigError,
@@ -294,6 +294,7 @@ class ShardPool:
         self._actor_cls = remote_shard_actor(**options)
         self._shared_refs = self._put_shared()
         actors = self._new_actors(list(range(num_actors)))
+        warm.consumed(num_actors)
         core: Core | None = None
         try:
             _wait_scheduled(
