@@ -29,6 +29,23 @@ def test_keyed_split_matches_strategy() -> None:
     np.testing.assert_array_equal(seen, expected)
 
 
+def test_runs_slice_the_items_in_shard_order_and_match_the_groups() -> None:
+    strat = strategy("jump", 4096)
+    p = Partitioner(strat, np.arange(4096) % 2, max_block=100)
+    keys = np.arange(20_000) * 7
+    order, ids, starts, ends = p.split_runs(len(keys), keys)  # type: ignore[misc]
+    assert sorted(order.tolist()) == list(range(20_000))  # every item once
+    assert ids == sorted(set(ids)) and starts[0] == 0 and ends[-1] == 20_000
+    assert starts[1:] == ends[:-1]
+    groups = p.split(len(keys), keys)
+    assert [(s, i.tolist()) for s, i in groups] == [
+        (s, order[a:b].tolist()) for s, a, b in zip(ids, starts, ends, strict=True)
+    ]
+    assert p.split_runs(1, keys[:1]) is None and p.split_runs(5, None) is None
+    empty = Partitioner.runs(np.zeros(0, dtype=np.int64))
+    assert empty[0].size == 0 and empty[1:] == ([], [], [])
+
+
 def test_keyless_blocks_cover_the_chunk_and_use_every_actor() -> None:
     placement = np.array([0, 0, 1, 1])
     p = Partitioner(strategy("hash", 4), placement, max_block=10, keyless="round_robin")

@@ -41,6 +41,7 @@ def test_top_level_exports_the_engine() -> None:
         "shardyard.actors.shard",
         "shardyard.protocol",
         "shardyard.scheduler.futures",
+        "shardyard.scheduler.partition",
         "shardyard.scheduler.segments",
         "shardyard.scheduler.stats",
     ],

@@ -1334,11 +1334,18 @@ class Core:
         if not out:
             return
         by_epoch: dict[int, int] = {}
-        for sid, seg, outputs, failures in out:
-            try:
-                seg.sink.deliver(seg, outputs, failures)
-            except Exception:  # counted all the same, so wait() cannot hang on it
-                log.exception("shardyard: delivering results of shard %d failed", sid)
+        start, n = 0, len(out)
+        while start < n:  # runs of one sink, handed over at once (one lock, one wake-up)
+            sink = out[start][1].sink
+            end = start + 1
+            while end < n and out[end][1].sink is sink:
+                end += 1
+            try:  # a failing one is logged and counted all the same: wait() cannot hang
+                sink.deliver_many(out[start:end] if start or end < n else out)
+            except Exception:
+                log.exception("shardyard: delivering results failed")
+            start = end
+        for _, seg, _, _ in out:
             by_epoch[seg.epoch] = by_epoch.get(seg.epoch, 0) + len(seg)
         with self._lock:
             for sid, seg, _, _ in out:

@@ -28,6 +28,7 @@ __all__ = ["PULL", "Partitioner"]
 
 _ZERO = np.zeros(1, dtype=np.int64)
 Groups = list[tuple[int, Any]]  # (shard id, int64 index array or slice into the chunk)
+Runs = tuple[np.ndarray, list[int], list[int], list[int]]  # see Partitioner.runs
 
 
 class Partitioner:
@@ -82,21 +83,46 @@ class Partitioner:
             return [(self._assign_one(keys[0]), _ZERO)]
         return self.group(self.strategy.assign(keys))
 
+    def split_runs(self, n: int, keys: Any) -> Runs | None:
+        """As :meth:`split`, for a keyed chunk of several items: :meth:`runs` of its shard
+        ids, so a producer gathers the chunk in shard order once and slices each shard's
+        run out of it. ``None`` for keyless work or a single item (use :meth:`split`)."""
+        if keys is None or n == 1:
+            return None
+        return self.runs(self.strategy.assign(keys))
+
     @staticmethod
-    def group(shard_ids: np.ndarray) -> Groups:
-        """Stable group-by: ``[(shard_id, indices in input order), ...]``."""
+    def runs(shard_ids: np.ndarray) -> Runs:
+        """Stable group-by as ``(order, shard ids, starts, ends)``: ``order`` lists the
+        item indices shard by shard (input order within a shard), and shard ``ids[i]``'s
+        items are ``order[starts[i]:ends[i]]``.
+
+        Example:
+            >>> order, ids, starts, ends = Partitioner.runs(np.array([3, 1, 3]))
+            >>> order.tolist(), ids, starts, ends
+            ([1, 0, 2], [1, 3], [0, 1], [1, 3])
+        """
         n = len(shard_ids)
-        if n == 1:
-            return [(int(shard_ids[0]), np.zeros(1, dtype=np.int64))]
+        if n == 0:
+            return np.zeros(0, dtype=np.intp), [], [], []
         # Shard ids fit 16 bits almost always: numpy sorts those stably by radix, several
         # times faster than a merge sort of int64.
-        narrow = shard_ids.astype(np.uint16) if len(shard_ids) and shard_ids.max() < 65536 else None
+        narrow = shard_ids.astype(np.uint16) if shard_ids.max() < 65536 else None
         order = np.argsort(shard_ids if narrow is None else narrow, kind="stable")
         ordered = shard_ids[order]
         cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
         starts = np.concatenate(([0], cuts)).tolist()
         ends = np.concatenate((cuts, [n])).tolist()
         heads = ordered[starts].tolist()
+        return order, heads, starts, ends
+
+    @staticmethod
+    def group(shard_ids: np.ndarray) -> Groups:
+        """Stable group-by: ``[(shard_id, indices in input order), ...]``."""
+        n = len(shard_ids)
+        if n == 1:
+            return [(int(shard_ids[0]), np.zeros(1, dtype=np.int64))]
+        order, heads, starts, ends = Partitioner.runs(shard_ids)
         return [(sid, order[a:b]) for sid, a, b in zip(heads, starts, ends, strict=True)]
 
     def _keyless(self, n: int) -> Groups:

@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
+import operator
 import threading
 import time
 import types
@@ -81,6 +82,7 @@ Keys = Iterable[Any] | Callable[[Any], Any] | None
 CHUNK_ITEMS_PER_SHARD = 64  # a chunk's items per shard, when chunk_size is left at its default
 CHUNK_ITEMS_PER_ACTOR = 8192  # and per actor: the default chunk_size of a 2-actor pool
 PROBE_AHEAD_ITEMS = 4096  # a first chunk this long hands its first item (the probe) over first
+ONE_SCATTER_BYTES = 1 << 25  # map outputs up to this size are put in place in one scatter
 
 
 class _Unset:
@@ -920,24 +922,20 @@ class ShardPool:
             ahead = self._push(core, sink, base, chunk[:1], keys[:1])
             return ahead + self._push(core, sink, base + 1, chunk[1:], keys[1:])
         try:
-            groups = core.partitioner.split(n, keys)
+            runs = core.partitioner.split_runs(n, keys)
+            groups = core.partitioner.split(n, keys) if runs is None else []
         except Exception as exc:
             raise self._route_failure(core, sink, base, chunk, keys, exc) from exc
+        if runs is not None:
+            sink.add(n)
+            core.push_segments(_run_segments(sink, base, chunk, keys, runs))
+            return n
+        # Keyless work (slices of the chunk), or one keyed item.
         segments: list[tuple[int, Segment]] = []
-        # A list cut into several groups: picked through an object array (numpy's fancy
-        # indexing) rather than item by item; the groups' keys are read only for errors.
-        objects = (
-            np.fromiter(chunk, dtype=object, count=n)
-            if isinstance(chunk, list) and len(groups) > 1
-            else None
-        )
         for sid, index in groups:
             if isinstance(index, slice):
                 positions = np.arange(base + index.start, base + index.stop, dtype=np.int64)
                 seg = Segment(sink, positions, chunk[index], None if keys is None else keys[index])
-            elif objects is not None:
-                picked = Picked(keys, index) if isinstance(keys, list) else take(keys, index)
-                seg = Segment(sink, index + base, objects[index].tolist(), picked)
             else:
                 seg = Segment(sink, index + base, take(chunk, index), take(keys, index))
             segments.append((sid, seg))
@@ -1637,6 +1635,32 @@ def _progress(enabled: bool | None, items: Iterable[Any]) -> Any:
     return tqdm(total=total, unit="item", delay=1.0 if enabled is None else 0.0)
 
 
+def _run_segments(sink: MapSink, base: int, chunk: Any, keys: Any, runs: Any) -> list[Any]:
+    """A keyed chunk's segments, one per shard, from its :meth:`Partitioner.runs`.
+
+    The items (and numpy keys) are gathered in shard order once, and each shard's segment
+    is a slice of that (a view, for numpy): per shard, no gather of its own (thousands of
+    small ones cost more than their items with many shards). List keys are read only to
+    name an item in an error, so they stay where they are (``Picked``).
+    """
+    order, heads, starts, ends = runs
+    positions = order + base
+    if isinstance(chunk, np.ndarray):
+        items: Any = chunk[order]
+    else:
+        items = (
+            list(operator.itemgetter(*order.tolist())(chunk))
+            if len(order) > 1
+            else [chunk[int(order[0])]]
+        )
+    sorted_keys = keys[order] if isinstance(keys, np.ndarray) else None
+    out: list[tuple[int, Segment]] = []
+    for sid, a, b in zip(heads, starts, ends, strict=True):
+        picked = sorted_keys[a:b] if sorted_keys is not None else Picked(keys, order[a:b])
+        out.append((sid, Segment(sink, positions[a:b], items[a:b], picked)))
+    return out
+
+
 def _assemble(sink: MapSink, numpy_in: bool, return_exceptions: bool) -> Any:
     """Outputs in input order from the sink's pieces."""
     n = sink.submitted
@@ -1648,8 +1672,13 @@ def _assemble(sink: MapSink, numpy_in: bool, return_exceptions: bool) -> Any:
         first = arrays[0]
         if all(a.dtype == first.dtype and a.shape[1:] == first.shape[1:] for a in arrays):
             out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
-            for positions, outputs in pieces:
-                out[positions] = outputs
+            if len(pieces) > 1 and out.nbytes <= ONE_SCATTER_BYTES:
+                # One scatter: one per piece cost more than its items with thousands of
+                # shards (large outputs go piece by piece, not copied twice).
+                out[np.concatenate([p for p, _ in pieces])] = np.concatenate(arrays)
+            else:
+                for positions, outputs in pieces:
+                    out[positions] = outputs
             return out
     # Scattered through an object array in one assignment (fromiter: a tuple output stays
     # one element): one per piece cost more than the items with thousands of small pieces.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from collections import deque
 from typing import Any
@@ -28,6 +29,8 @@ __all__ = ["FutureSink", "MapSink", "Sink"]
 
 Failures = list[tuple[int, BaseException]]  # (offset within the segment, exception)
 
+log = logging.getLogger(__name__)
+
 
 class Sink:
     """Receives outputs and failures for segments; called from the core thread."""
@@ -36,6 +39,15 @@ class Sink:
 
     def deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
         raise NotImplementedError
+
+    def deliver_many(self, deliveries: list[tuple[int, Segment, Any, Failures]]) -> None:
+        """:meth:`deliver` each ``(shard id, segment, outputs, failures)``; one that fails
+        is logged, and the others are delivered all the same."""
+        for sid, seg, outputs, failures in deliveries:
+            try:
+                self.deliver(seg, outputs, failures)
+            except Exception:
+                log.exception("shardyard: delivering results of shard %d failed", sid)
 
 
 class MapSink(Sink):
@@ -123,27 +135,40 @@ class MapSink(Sink):
     # --- core side -------------------------------------------------------------------------
 
     def deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
-        positions = seg.ref
         with self._cond:
-            if outputs is None:  # cancelled before it ran
-                self.cancelled += len(seg)
-            elif failures:
-                failed = np.zeros(len(seg), dtype=bool)
-                for off, exc in failures:
-                    failed[off] = True
-                    self.errors.append((int(positions[off]), exc))
-                ok = np.flatnonzero(~failed)
-                if len(ok):
-                    kept: Any
-                    if isinstance(outputs, np.ndarray):
-                        kept = outputs[ok]
-                    else:
-                        kept = [outputs[i] for i in ok.tolist()]
-                    self.pieces.append((positions[ok], kept))
-            else:
-                self.pieces.append((positions, outputs))
-            self.finished += len(seg)
+            self._deliver(seg, outputs, failures)
             self._cond.notify_all()
+
+    def deliver_many(self, deliveries: list[tuple[int, Segment, Any, Failures]]) -> None:
+        # One lock and one wake-up for a reply's segments (thousands with many shards).
+        with self._cond:
+            for sid, seg, outputs, failures in deliveries:
+                try:
+                    self._deliver(seg, outputs, failures)
+                except Exception:
+                    log.exception("shardyard: delivering results of shard %d failed", sid)
+            self._cond.notify_all()
+
+    def _deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
+        positions = seg.ref
+        if outputs is None:  # cancelled before it ran
+            self.cancelled += len(seg)
+        elif failures:
+            failed = np.zeros(len(seg), dtype=bool)
+            for off, exc in failures:
+                failed[off] = True
+                self.errors.append((int(positions[off]), exc))
+            ok = np.flatnonzero(~failed)
+            if len(ok):
+                kept: Any
+                if isinstance(outputs, np.ndarray):
+                    kept = outputs[ok]
+                else:
+                    kept = [outputs[i] for i in ok.tolist()]
+                self.pieces.append((positions[ok], kept))
+        else:
+            self.pieces.append((positions, outputs))
+        self.finished += len(seg)
 
 
 class FutureSink(Sink):
