@@ -236,3 +236,14 @@ def test_a_two_dimensional_key_array_routes_a_first_chunk_and_a_one_item_tail() 
         out = pool.map(items, keys=keys)
         assert np.array_equal(np.asarray(out), 2 * items)
         assert pool.reduce(operator.add) == _serial_counts(len(items))
+
+
+@pytest.mark.parametrize("n", [1, 5, 2 * CHUNK + 1])
+def test_a_key_array_with_no_key_per_item_fails_clearly_instead_of_hanging(n: int) -> None:
+    # (n, 0) keys pass the length check but hash to no key at all: no item may go unrouted
+    # (the map would wait for items that were never sent).
+    with _pool() as pool:
+        with pytest.raises(InputError, match="one key per item") as info:
+            pool.map(np.arange(n), keys=np.zeros((n, 0), dtype=np.int64))
+        assert info.value.submitted == 0
+        assert pool.map([1, 2], keys=[1, 2]) == [2, 4]  # the pool still works

@@ -1606,3 +1606,30 @@ def test_a_call_that_ran_nothing_counts_no_items() -> None:
     dispatch.answered(0, 10, 0.0, 0.0, took_s=0.0)  # no time at all
     dispatch.answered(0, 10, 0.0, 0.0, took_s=0.0)
     assert slot.cost is not None and slot.cost > 0
+
+
+def test_what_waits_beyond_its_round_owns_its_memory() -> None:
+    """A producer's segments are views of one array gathered for its whole chunk: one queued
+    behind others, and a batch kept in a stateful shard's replay log, are compacted so they
+    do not keep that chunk alive."""
+    chunk = np.arange(1_000, dtype=np.int64) * 10
+    view = [Segment(None, np.arange(i, i + 2), chunk[i : i + 2], chunk[i : i + 2]) for i in (0, 2)]
+    ledger = Ledger([0], stateful=True, checkpoint_every=8)
+    dispatch = Dispatch(ledger, [[0]], max_batch=100, max_inflight=2)
+    ledger.placed(0, 0)
+    dispatch.enqueue(0, view[0])
+    dispatch.enqueue(0, view[1])
+    first, second = dispatch.queues[0]
+    assert first is view[0]  # sent this round: left as it is
+    assert second.items.base is None and second.ref.base is None and second.keys.base is None
+    assert second.items.tolist() == [20, 30] and second.ref.tolist() == [2, 3]
+    calls, _ = dispatch.next_calls(0, 0.0)
+    (batch,) = calls[0]
+    assert batch.payload.tolist() == [0, 10, 20, 30]  # concatenated: its own memory
+    one = ledger.new_batch(0, [view[0]])
+    ledger.sent(one)
+    assert one.payload.base is not None
+    ledger.answer(BatchReply(0, one.gen, one.seq, [1, 2], []))
+    logged = ledger.books[0].log[one.seq]
+    assert logged.payload.base is None and logged.segments[0].items is logged.payload
+    assert logged.payload.tolist() == [0, 10]

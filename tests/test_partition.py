@@ -82,3 +82,31 @@ def test_segments_concat_and_split() -> None:
     assert concat_items([a, mixed]) == [1, 2, 3, "x", "y"]
     head, tail = mixed.split(1)
     assert head.items == ["x"] and tail.key_at(0) == "ky"
+
+
+def test_keyed_segments_are_slices_of_one_gather_and_compact_to_their_own_memory() -> None:
+    # Slices of one array gathered for the chunk (no gather per shard); whatever is kept
+    # longer (queued behind others, in a replay log) is compacted, so it does not keep the
+    # whole chunk alive.
+    from shardyard.scheduler.pool import _run_segments
+
+    p = Partitioner(strat := strategy("jump", 64), np.arange(64) % 2, max_block=100)
+    items = np.arange(10_000, dtype=np.float64)
+    keys = np.arange(10_000) * 3
+    segments = _run_segments(None, 100, items, keys, p.split_runs(len(items), keys))  # type: ignore[arg-type]
+    assert len(segments) == 64
+    ids = strat.assign(keys)
+    for sid, seg in segments:
+        assert np.array_equal(seg.items, items[seg.ref - 100])
+        assert np.array_equal(seg.keys, keys[seg.ref - 100])
+        assert (ids[seg.ref - 100] == sid).all()
+        own = seg.compacted()
+        for part in (own.items, own.ref, own.keys):
+            assert part.base is None
+        assert np.array_equal(own.items, seg.items) and np.array_equal(own.ref, seg.ref)
+    words = [f"w{i}" for i in range(1000)]
+    listed = _run_segments(None, 0, words, words, p.split_runs(1000, words))  # type: ignore[arg-type]
+    assert sorted(x for _, seg in listed for x in seg.items) == sorted(words)
+    assert all(seg.key_at(i) == seg.items[i] for _, seg in listed for i in range(len(seg)))
+    picked = listed[0][1].compacted().keys
+    assert picked.index.base is None and picked[0] == listed[0][1].keys[0]

@@ -1,4 +1,4 @@
-"""MapSink: a reply's segments are delivered under one lock, a bad one alone is lost to the log."""
+"""MapSink: one lock for a reply's segments; a delivery that fails ends its items."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def test_deliver_many_delivers_every_segment_and_logs_a_failing_one(
                 (2, failing, [None, 25], [(0, err)]),
             ]
         )
+    # The failing one's items end too, with the error that broke their delivery: every item
+    # ends, so a map neither hangs nor returns without them.
     assert "delivering results of shard 1 failed" in caplog.text
     assert [(p.tolist(), o) for p, o in sink.pieces] == [([0, 1], [20, 21]), ([5], [25])]
-    assert sink.errors == [(4, err)] and sink.finished == 4
+    assert [p for p, _ in sink.errors] == [2, 3, 4] and sink.finished == 6
+    assert isinstance(sink.errors[0][1], IndexError) and sink.errors[2][1] is err
+    assert sink.all_done()

@@ -53,6 +53,7 @@ _started_here = False  # whether shardyard started the Ray it is connected to
 _connect_lock = threading.Lock()  # one ray.init per process, whichever thread asks first
 _owner_release: threading.Event | None = None  # set to end the thread that started Ray
 _target: str | None = None  # the address connect() joined (None: embedded or the user's)
+_embedded_gcs: str | None = None  # the GCS address of the Ray that connect() started
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def connect(address: str | None = None, *, config: ClusterConfig | None = None) 
 
 
 def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
-    global _started_here, _target
+    global _started_here, _target, _embedded_gcs
     wanted = address or cfg.address
     if ray.is_initialized():
         if wanted is not None and wanted != "local":
@@ -167,7 +168,9 @@ def _connect(address: str | None, cfg: ClusterConfig) -> ClusterInfo:
             if saved_env is not None:
                 os.environ["RAY_ADDRESS"] = saved_env
         _started_here = True
-        return _info(True)
+        info = _info(True)
+        _embedded_gcs = info.address
+        return info
     use_token_if_found()
     resolved = _resolve(target)
     check_address(resolved, cfg.connect_timeout_s)
@@ -306,8 +309,14 @@ def _start_on_owner_thread(start: Callable[[], None]) -> None:
 
 
 def embedded() -> bool:
-    """Whether this process is connected to a local Ray that :func:`connect` started."""
-    return _started_here and ray.is_initialized()
+    """Whether this process is connected to the local Ray that :func:`connect` started (not
+    to one the user started after shutting that one down)."""
+    if not (_started_here and ray.is_initialized()):
+        return False
+    try:
+        return bool(ray.get_runtime_context().gcs_address == _embedded_gcs)
+    except Exception:
+        return False
 
 
 def disconnect() -> None:
@@ -323,12 +332,12 @@ def disconnect() -> None:
     global _started_here, _owner_release, _target
     from shardyard.scheduler.lifecycle import close_all
 
+    _started_here = False  # first: the pools closing next must not prestart workers (warm)
     close_all(wait=False)
     with _connect_lock:
         warm.forget()
         if ray.is_initialized():
             ray.shutdown()
-        _started_here = False
         _target = None
         if _owner_release is not None:
             _owner_release.set()  # Ray's daemons are gone: the owner thread may end

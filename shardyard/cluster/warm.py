@@ -62,8 +62,8 @@ def replenish(n: int) -> int:
         worker: Any = ray._private.worker.global_worker
         pb: Any = node_manager_pb2  # generated modules: no type stubs
         env_pb: Any = runtime_environment_pb2
+        cap = int(ray.cluster_resources().get("CPU", 0)) or 1  # a GCS call: not under _lock
         with _lock:
-            cap = int(ray.cluster_resources().get("CPU", 0)) or 1
             want = min(n, max(0, cap - _outstanding))
             if want == 0:
                 return 0

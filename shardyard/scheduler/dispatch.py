@@ -152,7 +152,10 @@ class Dispatch:
         failed = self.ledger.books[sid].failed
         if failed is not None:
             return [(sid, seg, [None] * len(seg), [(i, failed) for i in range(len(seg))])]
-        self.queues[sid].append(seg)
+        queue = self.queues[sid]
+        # Behind others, it waits beyond this round: it must not keep its producer's whole
+        # chunk alive meanwhile (a shard slow to drain would hold one chunk per segment).
+        queue.append(seg.compacted() if queue else seg)
         self.queued[sid] += len(seg)
         slot.ready.add(sid)
         return []

@@ -72,7 +72,7 @@ from shardyard.protocol import (
     Stale,
     WireBatch,
 )
-from shardyard.scheduler.segments import Segment, concat_items
+from shardyard.scheduler.segments import Segment, concat_items, owned
 from shardyard.scheduler.sinks import Failures
 
 __all__ = ["Batch", "Delivery", "Ledger", "ShardBook"]
@@ -106,6 +106,11 @@ class Batch:
     def size(self) -> int:
         """Its items: the payload's length (the payload is its segments' items, joined)."""
         return 0 if self.payload is None else len(self.payload)
+
+    def compact(self) -> None:
+        """Make its items and segments own their memory (see ``Segment.compacted``)."""
+        self.segments = [s.compacted() for s in self.segments]
+        self.payload = self.segments[0].items if len(self.segments) == 1 else owned(self.payload)
 
     def wire(self) -> WireBatch:
         keyless = all(s.keys is None for s in self.segments)
@@ -272,6 +277,7 @@ class Ledger:
                 book.replayed += 1
             if self._checkpoint_every is not None:
                 b.kind = REPLAY  # answered: from now on it is only ever re-applied
+                b.compact()  # kept until a snapshot: not a view of a whole chunk
                 book.log[b.seq] = b
                 # A moving shard takes no barrier: its handoff is the next snapshot.
                 if (

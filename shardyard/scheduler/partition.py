@@ -81,7 +81,13 @@ class Partitioner:
         if n == 1 and self._assign_one is not None and _scalar_keys(keys):
             # One submitted item: a scalar path, numpy's per-call cost would dominate.
             return [(self._assign_one(keys[0]), _ZERO)]
-        return self.group(self.strategy.assign(keys))
+        return self.group(self._assign(n, keys))
+
+    def _assign(self, n: int, keys: Any) -> np.ndarray:
+        ids = self.strategy.assign(keys)
+        if len(ids) != n:  # e.g. an (n, 0) key array: no item may go unrouted
+            raise ValueError(f"{n} keys gave {len(ids)} shard ids: one key per item is needed")
+        return ids
 
     def split_runs(self, n: int, keys: Any) -> Runs | None:
         """As :meth:`split`, for a keyed chunk of several items: :meth:`runs` of its shard
@@ -89,7 +95,7 @@ class Partitioner:
         run out of it. ``None`` for keyless work or a single item (use :meth:`split`)."""
         if keys is None or n == 1:
             return None
-        return self.runs(self.strategy.assign(keys))
+        return self.runs(self._assign(n, keys))
 
     @staticmethod
     def runs(shard_ids: np.ndarray) -> Runs:

@@ -24,7 +24,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Picked", "Segment", "concat_items", "take", "take_items"]
+__all__ = ["Picked", "Segment", "concat_items", "owned", "take", "take_items"]
+
+
+def owned(values: Any) -> Any:
+    """``values`` with memory of its own: a numpy view is copied (a ``Picked``'s indices
+    too); anything else is returned as it is.
+
+    Example:
+        >>> base = np.arange(10)
+        >>> owned(base[2:4]).base is None, owned(base) is base
+        (True, True)
+    """
+    if isinstance(values, np.ndarray):
+        return values if values.base is None else values.copy()
+    if isinstance(values, Picked) and values.index.base is not None:
+        return Picked(values.values, values.index.copy())
+    return values
 
 
 def take(values: Any, index: np.ndarray) -> Any:
@@ -94,6 +110,15 @@ class Segment:
             Segment(self.sink, self.ref[:n], self.items[:n], None if keys is None else keys[:n], e),
             Segment(self.sink, self.ref[n:], self.items[n:], None if keys is None else keys[n:], e),
         )
+
+    def compacted(self) -> Segment:
+        """This segment, its arrays owning their memory (see :func:`owned`).
+
+        A producer's segments are slices of one array gathered for its whole chunk (see
+        ``ShardPool``); one that is kept longer than the round that sends it (queued behind
+        others, or in a replay log) is compacted, so it does not keep the chunk alive.
+        """
+        return Segment(self.sink, owned(self.ref), owned(self.items), owned(self.keys), self.epoch)
 
     def select(self, index: np.ndarray) -> Segment:
         """The items at ``index`` (sorted positions within this segment), as a segment."""

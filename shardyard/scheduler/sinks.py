@@ -143,31 +143,41 @@ class MapSink(Sink):
         # One lock and one wake-up for a reply's segments (thousands with many shards).
         with self._cond:
             for sid, seg, outputs, failures in deliveries:
-                try:
-                    self._deliver(seg, outputs, failures)
-                except Exception:
-                    log.exception("shardyard: delivering results of shard %d failed", sid)
+                self._deliver(seg, outputs, failures, sid)
             self._cond.notify_all()
 
-    def _deliver(self, seg: Segment, outputs: Any, failures: Failures) -> None:
+    def _deliver(self, seg: Segment, outputs: Any, failures: Failures, sid: int = -1) -> None:
+        """Take one segment's outcome; if that fails (a bug), its items end with the error:
+        every item ends, so the map neither hangs nor returns without them."""
         positions = seg.ref
-        if outputs is None:  # cancelled before it ran
+        try:
+            errors: list[tuple[int, BaseException]] = []
+            piece: tuple[np.ndarray, Any] | None = None
+            if outputs is None:  # cancelled before it ran
+                pass
+            elif failures:
+                failed = np.zeros(len(seg), dtype=bool)
+                for off, exc in failures:
+                    failed[off] = True
+                    errors.append((int(positions[off]), exc))
+                ok = np.flatnonzero(~failed)
+                if len(ok):
+                    kept: Any
+                    if isinstance(outputs, np.ndarray):
+                        kept = outputs[ok]
+                    else:
+                        kept = [outputs[i] for i in ok.tolist()]
+                    piece = (positions[ok], kept)
+            else:
+                piece = (positions, outputs)
+        except Exception as exc:
+            log.exception("shardyard: delivering results of shard %d failed", sid)
+            errors, piece = [(int(p), exc) for p in positions], None
+        if outputs is None and not errors:
             self.cancelled += len(seg)
-        elif failures:
-            failed = np.zeros(len(seg), dtype=bool)
-            for off, exc in failures:
-                failed[off] = True
-                self.errors.append((int(positions[off]), exc))
-            ok = np.flatnonzero(~failed)
-            if len(ok):
-                kept: Any
-                if isinstance(outputs, np.ndarray):
-                    kept = outputs[ok]
-                else:
-                    kept = [outputs[i] for i in ok.tolist()]
-                self.pieces.append((positions[ok], kept))
-        else:
-            self.pieces.append((positions, outputs))
+        self.errors += errors
+        if piece is not None:
+            self.pieces.append(piece)
         self.finished += len(seg)
 
 
