@@ -1613,7 +1613,10 @@ def test_what_waits_beyond_its_round_owns_its_memory() -> None:
     behind others, and a batch kept in a stateful shard's replay log, are compacted so they
     do not keep that chunk alive."""
     chunk = np.arange(1_000, dtype=np.int64) * 10
-    view = [Segment(None, np.arange(i, i + 2), chunk[i : i + 2], chunk[i : i + 2]) for i in (0, 2)]
+    view = [
+        Segment(None, np.arange(i, i + 2), chunk[i : i + 2], chunk[i : i + 2], gathered=True)
+        for i in (0, 2)
+    ]
     ledger = Ledger([0], stateful=True, checkpoint_every=8)
     dispatch = Dispatch(ledger, [[0]], max_batch=100, max_inflight=2)
     ledger.placed(0, 0)
@@ -1633,3 +1636,5 @@ def test_what_waits_beyond_its_round_owns_its_memory() -> None:
     logged = ledger.books[0].log[one.seq]
     assert logged.payload.base is None and logged.segments[0].items is logged.payload
     assert logged.payload.tolist() == [0, 10]
+    users = Segment(None, np.arange(2), chunk[:2], None)  # a view of the user's own input
+    assert users.compacted() is users

@@ -1661,7 +1661,7 @@ def _run_segments(sink: MapSink, base: int, chunk: Any, keys: Any, runs: Any) ->
     out: list[tuple[int, Segment]] = []
     for sid, a, b in zip(heads, starts, ends, strict=True):
         picked = sorted_keys[a:b] if sorted_keys is not None else Picked(keys, order[a:b])
-        out.append((sid, Segment(sink, positions[a:b], items[a:b], picked)))
+        out.append((sid, Segment(sink, positions[a:b], items[a:b], picked, gathered=True)))
     return out
 
 

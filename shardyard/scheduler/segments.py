@@ -92,6 +92,8 @@ class Segment:
         items: the items, a numpy array or a list.
         keys: the items' keys (array or list), or ``None`` for keyless work.
         epoch: set by the core on receipt, so ``wait`` can wait for what came before it.
+        gathered: its arrays are slices of one array gathered for its producer's whole
+            chunk (see :meth:`compacted`); not the user's own input.
     """
 
     sink: Any
@@ -99,25 +101,34 @@ class Segment:
     items: Any
     keys: Any
     epoch: int = 0  # the core's wait epoch when it received these items
+    gathered: bool = False  # views of an array gathered for a whole chunk (compacted())
 
     def __len__(self) -> int:
         return len(self.items)
 
     def split(self, n: int) -> tuple[Segment, Segment]:
         """The first ``n`` items and the rest, as two segments (numpy slices are views)."""
-        keys, e = self.keys, self.epoch
+        keys, e, g = self.keys, self.epoch, self.gathered
         return (
-            Segment(self.sink, self.ref[:n], self.items[:n], None if keys is None else keys[:n], e),
-            Segment(self.sink, self.ref[n:], self.items[n:], None if keys is None else keys[n:], e),
+            Segment(
+                self.sink, self.ref[:n], self.items[:n], None if keys is None else keys[:n], e, g
+            ),
+            Segment(
+                self.sink, self.ref[n:], self.items[n:], None if keys is None else keys[n:], e, g
+            ),
         )
 
     def compacted(self) -> Segment:
         """This segment, its arrays owning their memory (see :func:`owned`).
 
-        A producer's segments are slices of one array gathered for its whole chunk (see
-        ``ShardPool``); one that is kept longer than the round that sends it (queued behind
-        others, or in a replay log) is compacted, so it does not keep the chunk alive.
+        A keyed producer's segments are slices of one array gathered for its whole chunk
+        (``gathered``, see ``ShardPool``); one that is kept longer than the round that sends
+        it (queued behind others, or in a replay log) is compacted, so it does not keep the
+        chunk alive. Any other segment is returned as it is (a view of the user's own input
+        keeps nothing alive that the user does not hold).
         """
+        if not self.gathered:
+            return self
         return Segment(self.sink, owned(self.ref), owned(self.items), owned(self.keys), self.epoch)
 
     def select(self, index: np.ndarray) -> Segment:
