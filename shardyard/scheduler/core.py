@@ -1337,16 +1337,16 @@ class Core:
         start, n = 0, len(out)
         while start < n:  # runs of one sink, handed over at once (one lock, one wake-up)
             sink = out[start][1].sink
-            end = start + 1
+            end = start
             while end < n and out[end][1].sink is sink:
+                seg = out[end][1]
+                by_epoch[seg.epoch] = by_epoch.get(seg.epoch, 0) + len(seg)
                 end += 1
             try:  # a failing one is logged and counted all the same: wait() cannot hang
                 sink.deliver_many(out[start:end] if start or end < n else out)
             except Exception:
                 log.exception("shardyard: delivering results failed")
             start = end
-        for _, seg, _, _ in out:
-            by_epoch[seg.epoch] = by_epoch.get(seg.epoch, 0) + len(seg)
         with self._lock:
             for sid, seg, _, _ in out:
                 self.dispatch.finished(sid, len(seg))

@@ -58,7 +58,7 @@ from shardyard.scheduler.core import Core, kill_quietly
 from shardyard.scheduler.futures import ShardFuture
 from shardyard.scheduler.interrupts import Interrupted, SigintGuard
 from shardyard.scheduler.nodes import actor_demand, affinity, choose_nodes, fitting_nodes
-from shardyard.scheduler.partition import Partitioner
+from shardyard.scheduler.partition import Partitioner, Runs
 from shardyard.scheduler.scaling import check_scale, plan_scale
 from shardyard.scheduler.segments import Picked, Segment, take
 from shardyard.scheduler.sinks import FutureSink, MapSink
@@ -1636,7 +1636,9 @@ def _progress(enabled: bool | None, items: Iterable[Any]) -> Any:
     return tqdm(total=total, unit="item", delay=1.0 if enabled is None else 0.0)
 
 
-def _run_segments(sink: MapSink, base: int, chunk: Any, keys: Any, runs: Any) -> list[Any]:
+def _run_segments(
+    sink: MapSink, base: int, chunk: Any, keys: Any, runs: Runs
+) -> list[tuple[int, Segment]]:
     """A keyed chunk's segments, one per shard, from its :meth:`Partitioner.runs`.
 
     The items (and numpy keys) are gathered in shard order once, and each shard's segment

@@ -149,13 +149,15 @@ class MapSink(Sink):
     def _deliver(self, seg: Segment, outputs: Any, failures: Failures, sid: int = -1) -> None:
         """Take one segment's outcome; if that fails (a bug), its items end with the error:
         every item ends, so the map neither hangs nor returns without them."""
+        if outputs is None:  # cancelled before it ran
+            self.cancelled += len(seg)
+            self.finished += len(seg)
+            return
         positions = seg.ref
         try:
             errors: list[tuple[int, BaseException]] = []
             piece: tuple[np.ndarray, Any] | None = None
-            if outputs is None:  # cancelled before it ran
-                pass
-            elif failures:
+            if failures:
                 failed = np.zeros(len(seg), dtype=bool)
                 for off, exc in failures:
                     failed[off] = True
@@ -173,8 +175,6 @@ class MapSink(Sink):
         except Exception as exc:
             log.exception("shardyard: delivering results of shard %d failed", sid)
             errors, piece = [(int(p), exc) for p in positions], None
-        if outputs is None and not errors:
-            self.cancelled += len(seg)
         self.errors += errors
         if piece is not None:
             self.pieces.append(piece)
