@@ -7,7 +7,7 @@ with a ``pydantic.ValidationError`` naming the field. Each model can be loaded f
 Example:
     >>> from shardyard.config import PoolConfig
     >>> PoolConfig(num_actors=2).max_batch_size
-    1024
+    4096
     >>> import pydantic
     >>> try:
     ...     PoolConfig(num_actors=0)
@@ -183,7 +183,10 @@ class PoolConfig(_ConfigBase):
             takes from when it has room, in shrinking pieces: dynamic load balancing), or a
             balancer that pushes them on arrival (``"round_robin"``, ``"least_loaded"``,
             ``"power_of_two"`` on live load).
-        max_batch_size: at most this many items of one shard go in one batch.
+        max_batch_size: at most this many items of one shard go in one batch (and so in
+            one call of a batch handler). Each Ray call costs about the same whatever it
+            carries, mostly in Ray's own threads at both ends, so small batches cost CPU:
+            a keyless stream of ``x + 1`` ran ~1.5x faster with 4,096 than with 1,024.
         batch_format: what a batch handler (``batched=True``) or ``Shard.process`` receives:
             ``"input"`` follows the input (a list, a generator or single ``submit`` items
             give a list; a numpy array gives arrays), ``"list"`` always a list, ``"numpy"``
@@ -266,7 +269,7 @@ class PoolConfig(_ConfigBase):
     strategy: str = "jump"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     keyless: Literal["pull", "round_robin", "least_loaded", "power_of_two"] = "pull"
-    max_batch_size: int = Field(default=1024, ge=1, le=1 << 24)
+    max_batch_size: int = Field(default=4096, ge=1, le=1 << 24)
     batch_format: Literal["input", "list", "numpy"] = "input"
     max_batch_wait_s: float = Field(default=0.0, ge=0.0, le=60.0)
     max_inflight_per_actor: int = Field(default=2, ge=1, le=1024)

@@ -13,7 +13,7 @@ from shardyard.config import PoolConfig
 
 def test_defaults_are_valid() -> None:
     cfg = PoolConfig()
-    assert cfg.strategy == "jump" and cfg.max_batch_size == 1024
+    assert cfg.strategy == "jump" and cfg.max_batch_size == 4096
 
 
 @pytest.mark.parametrize(
