@@ -220,8 +220,11 @@ class PoolConfig(_ConfigBase):
         max_retries: how many deaths of one actor are recovered from (Ray restarts it;
             its shards are restored and the unfinished batches resent).
         checkpoint_every: batches between snapshots of a stateful shard, taken in-stream;
-            recovery replays at most this many batches. ``None`` turns snapshots off: a
-            stateful shard's in-flight items then fail with ``ActorLostError`` on a crash.
+            recovery replays at most this many batches. A snapshot also comes once the
+            batches since the last one hold ``checkpoint_every * 1024`` items, so the
+            replay log the driver keeps does not grow with ``max_batch_size``. ``None``
+            turns snapshots off: a stateful shard's in-flight items then fail with
+            ``ActorLostError`` on a crash.
         max_snapshot_failures: consecutive failed ``snapshot()`` calls of one shard tolerated
             (each is a warning and a stat) before the shard fails with
             ``ShardFailedError`` (its replay log would otherwise grow without bound).

@@ -1638,3 +1638,35 @@ def test_what_waits_beyond_its_round_owns_its_memory() -> None:
     assert logged.payload.tolist() == [0, 10]
     users = Segment(None, np.arange(2), chunk[:2], None)  # a view of the user's own input
     assert users.compacted() is users
+
+
+def test_a_replay_log_of_large_batches_is_snapshotted_by_its_items() -> None:
+    """A snapshot barrier comes after ``checkpoint_every`` answered batches, or once they hold
+    ``checkpoint_every * LOG_ITEMS_PER_BATCH`` items: the replay log the driver keeps does
+    not grow with the batch size. While a barrier is out, a log of twice that holds new work
+    back, as twice the batches does."""
+    from shardyard.scheduler.ledger import LOG_ITEMS_PER_BATCH
+
+    def answered(ledger: Ledger, n: int) -> None:
+        b = ledger.new_batch(0, [Segment(None, np.arange(n), list(range(n)), None)])
+        ledger.sent(b)
+        ledger.answer(BatchReply(0, b.gen, b.seq, [None] * n, []))
+
+    small = Ledger([0], stateful=True, checkpoint_every=4)
+    small.placed(0, 0)
+    for _ in range(3):
+        answered(small, 10)
+    assert not small.books[0].barrier_out  # 3 small batches: not yet
+    answered(small, 10)
+    assert small.books[0].barrier_out  # the 4th batch
+
+    large = Ledger([0], stateful=True, checkpoint_every=4)
+    large.placed(0, 0)
+    answered(large, 2 * LOG_ITEMS_PER_BATCH)
+    assert not large.books[0].barrier_out and large.books[0].log_items == 2 * LOG_ITEMS_PER_BATCH
+    answered(large, 2 * LOG_ITEMS_PER_BATCH)
+    assert large.books[0].barrier_out  # 2 batches holding 4 batches' worth of items
+    assert large.takes_new(0)
+    for _ in range(2):  # answered while the barrier waits in the outbox
+        answered(large, 2 * LOG_ITEMS_PER_BATCH)
+    assert len(large.books[0].log) == 4 and not large.takes_new(0)  # 8 batches' worth

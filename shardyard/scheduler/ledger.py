@@ -84,6 +84,9 @@ Delivery = tuple[int, Segment, Any, Failures]
 
 SPLIT = 8  # pieces a suspect batch is cut into after it killed its actor alone
 POISON_AFTER = 2  # deaths of a lone item, running alone, that make it a poison item
+# A snapshot barrier also comes once the replay log holds checkpoint_every batches' worth of
+# items at this many per batch (the default batch size before it was raised to 4,096).
+LOG_ITEMS_PER_BATCH = 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -163,6 +166,7 @@ class ShardBook:
     outbox: deque[Batch] = field(default_factory=deque)  # numbered, to send in order
     inflight: dict[int, Batch] = field(default_factory=dict)  # seq -> sent, unanswered
     log: dict[int, Batch] = field(default_factory=dict)  # seq -> answered since snapshot
+    log_items: int = 0  # items of the batches in log
     # Committed: the state before the log's first batch. Bytes from a snapshot barrier, or,
     # after a migration, the ObjectRef of the state the old actor handed over (never
     # fetched by the driver).
@@ -185,8 +189,10 @@ class Ledger:
     Args:
         placement: ``placement[shard_id]`` = index of the actor hosting the shard.
         stateful: the handler is a ``Shard`` (its state must survive a crash).
-        checkpoint_every: answered batches between snapshot barriers of a stateful shard;
-            ``None``: no snapshots, so a crash loses the shard (its items fail).
+        checkpoint_every: answered batches between snapshot barriers of a stateful shard
+            (or ``checkpoint_every * LOG_ITEMS_PER_BATCH`` answered items, if fewer
+            batches hold that many); ``None``: no snapshots, so a crash loses the shard
+            (its items fail).
         max_snapshot_failures: consecutive failed ``snapshot()`` calls tolerated before
             the shard fails (as Flink's tolerable checkpoint failures).
     """
@@ -248,9 +254,16 @@ class Ledger:
         book = self.books[sid]
         if not book.placed or book.failed is not None or book.moving:
             return False
-        ce = self._checkpoint_every
         waiting = book.barrier_out or book.pending is not None
-        return ce is None or not waiting or len(book.log) < 2 * ce
+        return self._checkpoint_every is None or not waiting or not self._log_full(book, 2)
+
+    def _log_full(self, book: ShardBook, times: int) -> bool:
+        """Whether ``book``'s log holds ``times`` x ``checkpoint_every`` batches, or as many
+        items as ``times`` x ``checkpoint_every`` batches of ``LOG_ITEMS_PER_BATCH``: the
+        replay log's memory does not grow with the batch size."""
+        ce = self._checkpoint_every
+        assert ce is not None
+        return len(book.log) >= times * ce or book.log_items >= times * ce * LOG_ITEMS_PER_BATCH
 
     # --- answers -------------------------------------------------------------------------
 
@@ -279,12 +292,9 @@ class Ledger:
                 b.kind = REPLAY  # answered: from now on it is only ever re-applied
                 b.compact()  # kept until a snapshot: not a view of a whole chunk
                 book.log[b.seq] = b
+                book.log_items += b.size
                 # A moving shard takes no barrier: its handoff is the next snapshot.
-                if (
-                    len(book.log) >= self._checkpoint_every
-                    and not book.barrier_out
-                    and not book.moving
-                ):
+                if self._log_full(book, 1) and not book.barrier_out and not book.moving:
                     self._queue_barrier(r.shard_id)
         self._promote(book)
         return out
@@ -383,6 +393,7 @@ class Ledger:
         book.snapshot = state
         book.pending = None
         book.log = {s: b for s, b in book.log.items() if s > seq}
+        book.log_items = sum(b.size for b in book.log.values())
 
     # --- losses and new generations --------------------------------------------------------
 
@@ -543,6 +554,7 @@ class Ledger:
         book.next_seq = 0
         book.placed = False
         book.log = {}
+        book.log_items = 0
         book.pending = None
         book.barrier_out = False
         book.outbox = deque()
@@ -596,6 +608,7 @@ class Ledger:
         book.moving = False
         book.snapshot = state if self._stateful else None
         book.log = {}
+        book.log_items = 0
         book.pending = None
         book.barrier_out = False
         book.snapshot_failures = 0  # the handoff was a snapshot that succeeded
@@ -625,6 +638,7 @@ class Ledger:
         book.inflight = {}
         book.outbox = deque()
         book.log = {}
+        book.log_items = 0
         book.pending = None
         book.snapshot = None
         book.failed = exc
