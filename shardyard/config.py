@@ -221,7 +221,8 @@ class PoolConfig(_ConfigBase):
             its shards are restored and the unfinished batches resent).
         checkpoint_every: batches between snapshots of a stateful shard, taken in-stream;
             recovery replays at most this many batches. A snapshot also comes once the
-            batches since the last one hold ``checkpoint_every * 1024`` items, so the
+            batches since the last one hold ``checkpoint_every * 1024`` items
+            (``ledger.LOG_ITEMS_PER_BATCH``), so the
             replay log the driver keeps does not grow with ``max_batch_size``. ``None``
             turns snapshots off: a stateful shard's in-flight items then fail with
             ``ActorLostError`` on a crash.

@@ -1188,6 +1188,7 @@ class LedgerModel(RuleBasedStateMachine):
             every = [*book.inflight, *book.log, *out_seqs]
             assert len(set(every)) == len(every), (sid, every)
             assert all(b.kind == REPLAY for b in book.log.values())
+            assert book.log_items == sum(b.size for b in book.log.values()), sid
             assert len(book.log) <= self.log_bound(), (sid, len(book.log), self.log_bound())
             assert not self.STATEFUL or self.CKPT is not None or not book.log
         assert dispatch.pull_queued == sum(len(s) for s in dispatch.pull)

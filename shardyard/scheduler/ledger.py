@@ -248,8 +248,9 @@ class Ledger:
 
         A slow batch of another shard can hold the barrier's call, and so its reply, while
         this shard's later batches keep coming back: the log would grow with them, without
-        bound. From ``2 * checkpoint_every`` answered batches on, new work waits for the
-        barrier (the batches it waits for were all sent before it).
+        bound. From ``2 * checkpoint_every`` answered batches on (or their worth of items,
+        see ``_log_full``), new work waits for the barrier (the batches it waits for were
+        all sent before it).
         """
         book = self.books[sid]
         if not book.placed or book.failed is not None or book.moving:
@@ -258,12 +259,16 @@ class Ledger:
         return self._checkpoint_every is None or not waiting or not self._log_full(book, 2)
 
     def _log_full(self, book: ShardBook, times: int) -> bool:
-        """Whether ``book``'s log holds ``times`` x ``checkpoint_every`` batches, or as many
-        items as ``times`` x ``checkpoint_every`` batches of ``LOG_ITEMS_PER_BATCH``: the
-        replay log's memory does not grow with the batch size."""
+        """Whether ``book``'s log holds ``times`` x ``checkpoint_every`` batches, or at least
+        ``times`` batches with as many items as ``times`` x ``checkpoint_every`` batches of
+        ``LOG_ITEMS_PER_BATCH``: the replay log's memory does not grow with the batch size,
+        and one large batch alone never holds new work back for a barrier."""
         ce = self._checkpoint_every
         assert ce is not None
-        return len(book.log) >= times * ce or book.log_items >= times * ce * LOG_ITEMS_PER_BATCH
+        n = len(book.log)
+        return n >= times * ce or (
+            n >= times and book.log_items >= times * ce * LOG_ITEMS_PER_BATCH
+        )
 
     # --- answers -------------------------------------------------------------------------
 

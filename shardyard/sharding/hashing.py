@@ -172,8 +172,8 @@ def _hash_list(items: list[Any]) -> npt.NDArray[np.uint64]:
         # general path below sorts the list out (mixed kinds, or the bad key's position).
         try:
             return _hash_strs(items)
-        except TypeError:
-            pass
+        except (TypeError, UnicodeEncodeError):
+            pass  # a lone surrogate: the general path raises as before (a bad key first)
     kinds = {_classify(t) for t in set(map(type, items))}
     if None in kinds:
         for pos, k in enumerate(items):
