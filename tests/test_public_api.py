@@ -39,6 +39,7 @@ def test_top_level_exports_the_engine() -> None:
         "shardyard.actors.combine",
         "shardyard.actors.concurrency",
         "shardyard.actors.shard",
+        "shardyard.actors.shard_actor",
         "shardyard.protocol",
         "shardyard.scheduler.futures",
         "shardyard.scheduler.partition",

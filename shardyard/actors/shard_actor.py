@@ -66,6 +66,10 @@ __all__ = ["CONTROL_GROUP", "ShardActor", "remote_shard_actor"]
 
 CONTROL_GROUP = "control"
 RECENT_REPLIES = 16  # replies kept per shard, to answer again (see ShardActor.replies)
+# ... and at most this many of their items, beyond the last RECENT_MIN replies: the outputs
+# kept do not grow with the batch size (16 batches of the 1,024 items batches had by default).
+RECENT_ITEMS = RECENT_REPLIES * 1024
+RECENT_MIN = 4
 _THREAD_LOAD_BYTES = 1 << 20  # states larger than this are unpickled off the work loop
 _NO_STATE: Any = object()  # a fresh shard (setup only)
 
@@ -78,11 +82,34 @@ class _HostedShard:
     waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # seq -> its turn
     # seq -> its reply, the last few: asked for again when the driver could not load one
     recent: OrderedDict[int, BatchReply | BarrierReply] = field(default_factory=OrderedDict)
+    recent_sizes: dict[int, int] = field(default_factory=dict)  # seq -> its items
+    recent_items: int = 0  # items of the replies in recent
     items: int = 0
     batches: int = 0
     errors: int = 0
     busy_s: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held by its running batch
+
+
+def _remember(hosted: _HostedShard, seq: int, reply: BatchReply | BarrierReply, n: int) -> None:
+    """Keep ``reply`` (of ``n`` items) to answer again; drop the oldest beyond
+    ``RECENT_REPLIES`` replies, or beyond ``RECENT_ITEMS`` items once ``RECENT_MIN`` are kept.
+
+    Example:
+        >>> h = _HostedShard(instance=None, gen=0)
+        >>> for seq in range(6):
+        ...     _remember(h, seq, BatchReply(0, 0, seq, [], []), RECENT_ITEMS // 2)
+        >>> list(h.recent), h.recent_items == 4 * (RECENT_ITEMS // 2)
+        ([2, 3, 4, 5], True)
+    """
+    hosted.recent_items += n - hosted.recent_sizes.get(seq, 0)
+    hosted.recent[seq] = reply
+    hosted.recent_sizes[seq] = n
+    while len(hosted.recent) > RECENT_REPLIES or (
+        hosted.recent_items > RECENT_ITEMS and len(hosted.recent) > RECENT_MIN
+    ):
+        old, _ = hosted.recent.popitem(last=False)
+        hosted.recent_items -= hosted.recent_sizes.pop(old)
 
 
 class ShardActor:
@@ -241,9 +268,8 @@ class ShardActor:
             hosted.errors += len(failures)
             reply = BatchReply(b.shard_id, b.gen, b.seq, outputs, failures)
         if self._shards.get(b.shard_id) is hosted:
-            hosted.recent[b.seq] = reply if kept is None else kept
-            if len(hosted.recent) > RECENT_REPLIES:
-                hosted.recent.popitem(last=False)
+            n = 0 if b.items is None else len(b.items)  # a barrier carries none
+            _remember(hosted, b.seq, reply if kept is None else kept, n)
             hosted.next_seq = b.seq + 1
             nxt = hosted.waiters.pop(b.seq + 1, None)
             if nxt is not None and not nxt.done():
