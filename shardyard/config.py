@@ -222,10 +222,9 @@ class PoolConfig(_ConfigBase):
         checkpoint_every: batches between snapshots of a stateful shard, taken in-stream;
             recovery replays at most this many batches. A snapshot also comes once the
             batches since the last one hold ``checkpoint_every * 1024`` items
-            (``ledger.LOG_ITEMS_PER_BATCH``), so the
-            replay log the driver keeps does not grow with ``max_batch_size``. ``None``
-            turns snapshots off: a stateful shard's in-flight items then fail with
-            ``ActorLostError`` on a crash.
+            (``ledger.LOG_ITEMS_PER_BATCH``), so the replay log the driver keeps does not
+            grow with ``max_batch_size``. ``None`` turns snapshots off: a stateful shard's
+            in-flight items then fail with ``ActorLostError`` on a crash.
         max_snapshot_failures: consecutive failed ``snapshot()`` calls of one shard tolerated
             (each is a warning and a stat) before the shard fails with
             ``ShardFailedError`` (its replay log would otherwise grow without bound).
