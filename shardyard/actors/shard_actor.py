@@ -67,7 +67,7 @@ __all__ = ["CONTROL_GROUP", "ShardActor", "remote_shard_actor"]
 CONTROL_GROUP = "control"
 RECENT_REPLIES = 16  # replies kept per shard, to answer again (see ShardActor.replies)
 # ... and at most this many of their items, beyond the last RECENT_MIN replies: the outputs
-# kept do not grow with the batch size (16 batches of the 1,024 items batches had by default).
+# kept do not grow with the batch size (16 batches of 1,024 items, the old default size).
 RECENT_ITEMS = RECENT_REPLIES * 1024
 RECENT_MIN = 4
 _THREAD_LOAD_BYTES = 1 << 20  # states larger than this are unpickled off the work loop
@@ -80,9 +80,11 @@ class _HostedShard:
     gen: int  # the generation hosted (see shardyard.protocol)
     next_seq: int = 0  # sequence number of the next batch this shard may run
     waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # seq -> its turn
-    # seq -> its reply, the last few: asked for again when the driver could not load one
-    recent: OrderedDict[int, BatchReply | BarrierReply] = field(default_factory=OrderedDict)
-    recent_sizes: dict[int, int] = field(default_factory=dict)  # seq -> its items
+    # seq -> (its reply, its items), the last few: asked for again when the driver could
+    # not load one
+    recent: OrderedDict[int, tuple[BatchReply | BarrierReply, int]] = field(
+        default_factory=OrderedDict
+    )
     recent_items: int = 0  # items of the replies in recent
     items: int = 0
     batches: int = 0
@@ -102,14 +104,14 @@ def _remember(hosted: _HostedShard, seq: int, reply: BatchReply | BarrierReply, 
         >>> list(h.recent), h.recent_items == 4 * (RECENT_ITEMS // 2)
         ([2, 3, 4, 5], True)
     """
-    hosted.recent_items += n - hosted.recent_sizes.get(seq, 0)
-    hosted.recent[seq] = reply
-    hosted.recent_sizes[seq] = n
+    _, before = hosted.recent.get(seq, (None, 0))
+    hosted.recent[seq] = (reply, n)
+    hosted.recent_items += n - before
     while len(hosted.recent) > RECENT_REPLIES or (
         hosted.recent_items > RECENT_ITEMS and len(hosted.recent) > RECENT_MIN
     ):
-        old, _ = hosted.recent.popitem(last=False)
-        hosted.recent_items -= hosted.recent_sizes.pop(old)
+        _, (_, dropped) = hosted.recent.popitem(last=False)
+        hosted.recent_items -= dropped
 
 
 class ShardActor:
@@ -283,7 +285,8 @@ class ShardActor:
         out: list[BatchReply | BarrierReply | None] = []
         for sid, gen, seq in keys:
             hosted = self._shards.get(sid)
-            reply = hosted.recent.get(seq) if hosted is not None and hosted.gen == gen else None
+            kept = hosted.recent.get(seq) if hosted is not None and hosted.gen == gen else None
+            reply = None if kept is None else kept[0]
             if isinstance(reply, BatchReply):
                 blobs, failures = pickle_each(reply.outputs, reply.failures)
                 reply = BatchReply(sid, gen, seq, blobs, failures)
