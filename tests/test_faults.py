@@ -668,3 +668,33 @@ def test_an_output_whose_loading_raises_system_exit_fails_alone() -> None:
         assert [i for i, o in enumerate(out) if isinstance(o, BaseException)] == [3]
         assert isinstance(out[3], SerializationError) and "SystemExit" in str(out[3])
         assert [o["x"] for i, o in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+class QuickCount(Count):
+    def process(self, batch: Any) -> list[int]:
+        time.sleep(2e-5 * len(batch))
+        return super().process(batch)
+
+
+def test_large_batches_snapshotted_by_their_items_survive_busy_and_idle_kills_exactly() -> None:
+    """Batches of thousands of items, so snapshots come by the replay log's items (every
+    ``checkpoint_every * 1024`` items) before its batch count: both actors killed busy,
+    then both idle, and the counts are exactly the serial ones."""
+    items = list(range(120_000))
+    with ShardPool(QuickCount, num_actors=2, num_shards=4, checkpoint_every=8) as pool:
+        pool.start()
+        out: dict[str, Any] = {}
+        runner = threading.Thread(target=lambda: out.setdefault("r", pool.map(items, keys=items)))
+        runner.start()
+        _kill_each_once_busy(pool, after_items=20_000)
+        runner.join(timeout=240)
+        assert not runner.is_alive()
+        assert len(out["r"]) == len(items)
+        shards = pool.stats().shards
+        # Batches averaged over 1,024 items: the log's items, not its 8 batches, set when
+        # the snapshots came.
+        assert sum(s.items for s in shards) / sum(s.batches for s in shards) > 1024
+        for actor in (0, 1):
+            _kill(_pid(pool, actor))
+        assert pool.reduce(operator.add) == _expected(items)
+        assert [a.restarts for a in pool.stats().actors] == [2, 2]
