@@ -97,6 +97,18 @@ def _kill_each_once_busy(pool: ShardPool, after_items: int) -> None:
         _new_pid(pool, actor, old)
 
 
+def _map_killing_each_once_busy(pool: ShardPool, items: list[int], after_items: int) -> Any:
+    """``pool.map(items, keys=items)`` in a thread while :func:`_kill_each_once_busy` kills
+    each actor once; returns its outputs."""
+    out: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: out.setdefault("r", pool.map(items, keys=items)))
+    runner.start()
+    _kill_each_once_busy(pool, after_items)
+    runner.join(timeout=240)
+    assert not runner.is_alive()
+    return out["r"]
+
+
 def _expected(items: list[int]) -> Counter[int]:
     return Counter(x % 1000 for x in items)
 
@@ -134,12 +146,7 @@ def test_four_kills_over_both_actors_busy_and_idle() -> None:
         SlowCount, num_actors=2, num_shards=8, max_batch_size=50, checkpoint_every=4
     ) as pool:
         pool.start()
-        out: dict[str, Any] = {}
-        runner = threading.Thread(target=lambda: out.setdefault("r", pool.map(items, keys=items)))
-        runner.start()
-        _kill_each_once_busy(pool, after_items=2000)
-        runner.join(timeout=240)
-        assert not runner.is_alive()
+        _map_killing_each_once_busy(pool, items, after_items=2000)
         for actor in (0, 1):  # idle kills after the work is done
             _kill(_pid(pool, actor))
         assert pool.reduce(operator.add) == _expected(items)
@@ -683,13 +690,7 @@ def test_large_batches_snapshotted_by_their_items_survive_busy_and_idle_kills_ex
     items = list(range(120_000))
     with ShardPool(QuickCount, num_actors=2, num_shards=4, checkpoint_every=8) as pool:
         pool.start()
-        out: dict[str, Any] = {}
-        runner = threading.Thread(target=lambda: out.setdefault("r", pool.map(items, keys=items)))
-        runner.start()
-        _kill_each_once_busy(pool, after_items=20_000)
-        runner.join(timeout=240)
-        assert not runner.is_alive()
-        assert len(out["r"]) == len(items)
+        assert len(_map_killing_each_once_busy(pool, items, after_items=20_000)) == len(items)
         shards = pool.stats().shards
         # Batches averaged over 1,024 items: the log's items, not its 8 batches, set when
         # the snapshots came.
